@@ -1,0 +1,156 @@
+"""The landing-zone contract shared by the proxy (writer) and the pipeline (reader).
+
+Layout: ``<root>/date=YYYY-MM-DD/hour=HH/<segment>.ndjson``, one JSON record per line, UTF-8, the
+date and hour being the UTC hour of the records' ``timestamp``. A segment is written under a hidden
+temporary name (``.<segment>.ndjson.part``) and renamed when complete, so a reader that lists
+``*.ndjson`` never sees a half-written file. ``recover`` publishes what a crashed writer left behind,
+up to its last complete line.
+
+Standard library only: the proxy imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+SEGMENT_SUFFIX = ".ndjson"
+PART_SUFFIX = ".part"
+_DAY_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+_HOUR_DIR = re.compile(r"^hour=(\d{2})$")
+
+
+@dataclass(frozen=True)
+class Segment:
+    path: Path
+    day: date
+    hour: int
+    size: int
+    mtime: float
+
+    def relative_to(self, root: Path) -> str:
+        return self.path.relative_to(root).as_posix()
+
+
+def hour_dir(root: Path, when: datetime) -> Path:
+    when = when.astimezone(UTC)
+    return Path(root) / f"date={when:%Y-%m-%d}" / f"hour={when:%H}"
+
+
+def new_segment_name(source: str, when: datetime) -> str:
+    """A unique, sortable segment file name: time, writer, process and a random suffix."""
+    when = when.astimezone(UTC)
+    safe = re.sub(r"[^A-Za-z0-9_-]", "-", source) or "writer"
+    return f"{when:%Y%m%dT%H%M%S}-{safe}-{os.getpid()}-{uuid.uuid4().hex[:12]}{SEGMENT_SUFFIX}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentFile:
+    """One segment being written: append lines, then `publish()` renames it into view."""
+
+    def __init__(self, root: Path, source: str, when: datetime):
+        self.directory = hour_dir(root, when)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.name = new_segment_name(source, when)
+        self.temp_path = self.directory / f".{self.name}{PART_SUFFIX}"
+        self.final_path = self.directory / self.name
+        self.opened_at = datetime.now(UTC)
+        self.bytes_written = 0
+        self.lines_written = 0
+        self._fh = open(self.temp_path, "ab", buffering=1024 * 1024)
+
+    def write_lines(self, lines: Iterable[bytes]) -> None:
+        for line in lines:
+            if not line.endswith(b"\n"):
+                line += b"\n"
+            self._fh.write(line)
+            self.bytes_written += len(line)
+            self.lines_written += 1
+
+    def flush(self, durable: bool = True) -> None:
+        self._fh.flush()
+        if durable:
+            os.fsync(self._fh.fileno())
+
+    def publish(self) -> Path | None:
+        """Flush, fsync and rename into view. An empty segment is removed instead."""
+        self.flush(durable=True)
+        self._fh.close()
+        if self.lines_written == 0:
+            self.temp_path.unlink(missing_ok=True)
+            return None
+        os.replace(self.temp_path, self.final_path)
+        _fsync_dir(self.directory)
+        return self.final_path
+
+
+def write_segment(root: Path, lines: Iterable[bytes], when: datetime, source: str = "batch") -> Path | None:
+    """Write one complete segment atomically (used by intake, the demo and tests)."""
+    segment = SegmentFile(Path(root), source, when)
+    segment.write_lines(lines)
+    return segment.publish()
+
+
+def recover(root: Path) -> list[Path]:
+    """Publish segments left as ``.part`` by a writer that died, cut at their last complete line."""
+    published = []
+    for part in sorted(Path(root).glob(f"date=*/hour=*/.*{SEGMENT_SUFFIX}{PART_SUFFIX}")):
+        data = part.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            part.unlink()
+            continue
+        if cut < len(data):
+            with open(part, "r+b") as fh:
+                fh.truncate(cut)
+                os.fsync(fh.fileno())
+        final = part.with_name(part.name[1 : -len(PART_SUFFIX)])
+        os.replace(part, final)
+        published.append(final)
+    return published
+
+
+def days(root: Path) -> list[date]:
+    """Every UTC day that has a directory in the landing zone."""
+    out = []
+    root = Path(root)
+    if not root.exists():
+        return out
+    for child in root.iterdir():
+        m = _DAY_DIR.match(child.name)
+        if m and child.is_dir():
+            out.append(date.fromisoformat(m.group(1)))
+    return sorted(out)
+
+
+def list_segments(root: Path, day: date) -> list[Segment]:
+    """Every complete segment of a UTC day, in a stable order (hour, then name)."""
+    day_dir = Path(root) / f"date={day.isoformat()}"
+    if not day_dir.is_dir():
+        return []
+    out = []
+    for hour_path in sorted(day_dir.iterdir()):
+        m = _HOUR_DIR.match(hour_path.name)
+        if not (m and hour_path.is_dir()):
+            continue
+        for seg in sorted(hour_path.glob(f"*{SEGMENT_SUFFIX}")):
+            if seg.name.startswith("."):
+                continue
+            st = seg.stat()
+            out.append(Segment(seg, day, int(m.group(1)), st.st_size, st.st_mtime))
+    return out

@@ -1,0 +1,185 @@
+"""The canonical log record, derived from `schemas/log_record.schema.json`.
+
+The JSON Schema is the single source of truth. Everything else that knows the record's shape (the Arrow and
+Polars schemas, the rule expressions used on the hot path, the pandera schema of the asset checks, the
+Parquet message text in `schemas/`) is generated here from it, so adding a field is one edit to that file.
+
+This module imports only the standard library at import time: the proxy shares it and must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = "1"
+
+
+def schemas_dir() -> Path:
+    override = os.environ.get("BIFROST_PIPELINE_SCHEMAS")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: str  # string | timestamp | int32 | double | bool | json
+    required: bool
+    enum: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    min_length: int | None = None
+    description: str = ""
+
+    @property
+    def nullable(self) -> bool:
+        return not self.required
+
+
+def _kind(prop: dict[str, Any]) -> str:
+    if "x-parquet" in prop:
+        return {"timestamp": "timestamp", "int32": "int32", "double": "double", "json": "json"}[
+            prop["x-parquet"]
+        ]
+    types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+    main = [t for t in types if t != "null"][0]
+    return {"string": "string", "boolean": "bool", "integer": "int64", "number": "double", "object": "json"}[main]
+
+
+@cache
+def json_schema() -> dict[str, Any]:
+    return json.loads((schemas_dir() / "log_record.schema.json").read_text())
+
+
+@cache
+def fields() -> tuple[FieldSpec, ...]:
+    schema = json_schema()
+    required = set(schema["required"])
+    out = []
+    for name, prop in schema["properties"].items():
+        out.append(
+            FieldSpec(
+                name=name,
+                kind=_kind(prop),
+                required=name in required,
+                enum=tuple(prop["enum"]) if "enum" in prop else None,
+                minimum=prop.get("minimum"),
+                maximum=prop.get("maximum"),
+                min_length=prop.get("minLength"),
+                description=prop.get("description", ""),
+            )
+        )
+    return tuple(out)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields()]
+
+
+def field(name: str) -> FieldSpec:
+    for f in fields():
+        if f.name == name:
+            return f
+    raise KeyError(name)
+
+
+# --- engine-side derivations (imported lazily: the proxy never calls these) ---------------------------
+
+
+def arrow_schema():
+    """Arrow schema of a validated record: what raw_logs Parquet files and warehouse tables hold."""
+    import pyarrow as pa
+
+    types = {
+        "string": pa.string(),
+        "json": pa.string(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "double": pa.float64(),
+        "bool": pa.bool_(),
+    }
+    return pa.schema(
+        [
+            pa.field(
+                f.name,
+                types[f.kind],
+                nullable=f.nullable,
+                metadata={"json": "true"} if f.kind == "json" else None,
+            )
+            for f in fields()
+        ]
+    )
+
+
+def polars_schema() -> dict:
+    """Polars dtypes of a validated record."""
+    import polars as pl
+
+    types = {
+        "string": pl.String,
+        "json": pl.String,
+        "timestamp": pl.Datetime("us", "UTC"),
+        "int32": pl.Int32,
+        "int64": pl.Int64,
+        "double": pl.Float64,
+        "bool": pl.Boolean,
+    }
+    return {f.name: types[f.kind] for f in fields()}
+
+
+def polars_read_schema() -> dict:
+    """Dtypes for reading landed NDJSON.
+
+    Timestamps are read as text and parsed afterwards: Polars' NDJSON reader is about 4x slower per column
+    with a Datetime in the read schema (PERF_NOTES), and a bad timestamp then becomes a per-record reason
+    instead of a failed read. JSON-valued fields are read as their JSON text.
+    """
+    import polars as pl
+
+    schema = polars_schema()
+    return {name: (pl.String if f.kind == "timestamp" else schema[name]) for name, f in zip(schema, fields())}
+
+
+def parquet_message() -> str:
+    """The Parquet schema of a record in the message notation of the Parquet docs."""
+    physical = {
+        "string": "binary {name} (UTF8)",
+        "json": "binary {name} (JSON)",
+        "timestamp": "int64 {name} (TIMESTAMP(MICROS,true))",
+        "int32": "int32 {name}",
+        "int64": "int64 {name}",
+        "double": "double {name}",
+        "bool": "boolean {name}",
+    }
+    lines = ["message log_record {"]
+    for f in fields():
+        rep = "required" if f.required else "optional"
+        lines.append(f"  {rep} {physical[f.kind].format(name=f.name)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def pandera_schema():
+    """A pandera DataFrameSchema of a validated record (used by the raw_logs asset checks)."""
+    import pandera.polars as pa
+
+    columns = {}
+    for f, (name, dtype) in zip(fields(), polars_schema().items()):
+        checks = []
+        if f.enum is not None:
+            checks.append(pa.Check.isin(list(f.enum)))
+        if f.minimum is not None:
+            checks.append(pa.Check.ge(f.minimum))
+        if f.maximum is not None:
+            checks.append(pa.Check.le(f.maximum))
+        if f.min_length is not None:
+            checks.append(pa.Check.str_length(min_value=f.min_length))
+        columns[name] = pa.Column(dtype, checks=checks, nullable=f.nullable, required=True)
+    return pa.DataFrameSchema(columns, strict=True, name="log_record")

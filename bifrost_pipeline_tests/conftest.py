@@ -1,0 +1,4 @@
+import os
+
+# gcsfs waits 60 s per bucket on a gRPC layout lookup unless this is set before it is imported.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
