@@ -477,11 +477,14 @@ def _validate_export(raw: Any, path: tuple, env: Mapping[str, str]) -> tuple[Exp
     try:
         export = ExportConfig.model_validate(raw)
     except ValidationError as err:
-        return None, problems + _pydantic_problems(err, path)
+        problems.extend(_pydantic_problems(err, path))
+        export = None
 
-    # Transformations and destination configs are typed by their `type`.
+    # Transformations and destination configs are typed by their `type`; checked even when the rest failed.
+    data_raw = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    transforms_raw = data_raw.get("transformations") or []
     transforms: list[Strict] = []
-    for i, t in enumerate(export.data.transformations):
+    for i, t in enumerate(transforms_raw if isinstance(transforms_raw, list) else []):
         tpath = path + ("data", "transformations", i)
         kind = t.get("type") if isinstance(t, dict) else None
         model = _TRANSFORMS.get(kind) if isinstance(kind, str) else None
@@ -505,21 +508,23 @@ def _validate_export(raw: Any, path: tuple, env: Mapping[str, str]) -> tuple[Exp
                 continue
             parsed = parsed.model_copy(update={"key": SecretStr(key)})
         transforms.append(parsed)
+
     dpath = path + ("destination",)
-    destination_cls = registry().get(export.destination.type)
-    if destination_cls is None:
+    dest_raw = raw.get("destination") if isinstance(raw.get("destination"), dict) else {}
+    dest_type = dest_raw.get("type")
+    destination_cls = registry().get(dest_type) if isinstance(dest_type, str) else None
+    dest_config = None
+    if destination_cls is None and isinstance(dest_type, str):
         problems.append(
-            f"{format_path(dpath + ('type',))}: unknown destination {export.destination.type!r} "
+            f"{format_path(dpath + ('type',))}: unknown destination {dest_type!r} "
             f"(known: {', '.join(sorted(registry()))})"
         )
-        dest_config = None
-    else:
+    elif destination_cls is not None:
         try:
-            dest_config = destination_cls.Config.model_validate(export.destination.config or {})
+            dest_config = destination_cls.Config.model_validate(dest_raw.get("config") or {})
         except ValidationError as err:
             problems.extend(_pydantic_problems(err, dpath + ("config",)))
-            dest_config = None
-    if problems:
+    if problems or export is None:
         return None, problems
     data = export.data.model_copy(update={"transformations": transforms})
     destination = export.destination.model_copy(update={"config": dest_config})

@@ -37,7 +37,9 @@ class DestinationError(RuntimeError):
 
 
 class DestinationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # `schema` is a config key of several stores but a BaseModel attribute: declare such fields as
+    # `schema_name: str = Field(..., alias="schema")`.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 def check_prefix(value: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from pydantic import Field
+
 from bifrost_pipeline.destinations.base import (
     PARTITION_COLUMN,
     DatasetFile,
@@ -48,7 +50,7 @@ def quote(name: str) -> str:
 
 class DuckDBConfig(DestinationConfig):
     path: str | None = None  # default: the pipeline's warehouse (pipeline.warehouse)
-    schema: str = "main"
+    schema_name: str = Field("main", alias="schema")
     table: str | None = None  # default: the export's name
 
 
@@ -68,10 +70,10 @@ class DuckDBDestination(Destination):
     @classmethod
     def location_key(cls, config, app) -> str:
         path = app.resolve(config.path) if config.path else app.warehouse_path
-        return f"duckdb:{path.resolve()}:{config.schema}"
+        return f"duckdb:{path.resolve()}:{config.schema_name}"
 
     def describe(self) -> str:
-        return f"duckdb:{self.path}#{self.config.schema}.{self.table}"
+        return f"duckdb:{self.path}#{self.config.schema_name}.{self.table}"
 
     def _connect(self):
         import duckdb
@@ -90,20 +92,20 @@ class DuckDBDestination(Destination):
     def write_partition(self, output: PartitionOutput) -> WriteResult:
         con = self._connect()
         try:
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.config.schema)}")
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.config.schema_name)}")
             rows = {}
             tables = []
             for f in output.files:
                 name = table_for(self.table, f.dataset)
                 self._load(con, name, f, output.partition_key)
                 rows[f.dataset] = f.rows
-                tables.append(f"{self.config.schema}.{name}")
+                tables.append(f"{self.config.schema_name}.{name}")
         finally:
             con.close()
         return WriteResult(location=self.describe(), written=tables, rows=rows)
 
     def _load(self, con, table: str, f: DatasetFile, partition_key: str) -> None:
-        qualified = f"{quote(self.config.schema)}.{quote(table)}"
+        qualified = f"{quote(self.config.schema_name)}.{quote(table)}"
         wanted = [(n, duckdb_type(t, n in f.json_columns)) for n, t in f.columns]
         con.execute(
             f"CREATE TABLE IF NOT EXISTS {qualified} ("
@@ -114,7 +116,7 @@ class DuckDBDestination(Destination):
             r[0]
             for r in con.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
-                [self.config.schema, table],
+                [self.config.schema_name, table],
             ).fetchall()
         }
         # A field added to the schema becomes a new nullable column; old rows read NULL.
