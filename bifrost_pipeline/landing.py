@@ -154,3 +154,101 @@ def list_segments(root: Path, day: date) -> list[Segment]:
             st = seg.stat()
             out.append(Segment(seg, day, int(m.group(1)), st.st_size, st.st_mtime))
     return out
+
+
+# --- a long-running writer (the proxy's) ------------------------------------------------------------------
+
+
+def _writer_pid(part: Path) -> int | None:
+    """The process id in a segment name made by `new_segment_name` (``<time>-<source>-<pid>-<rand>``)."""
+    parts = part.name.split("-")
+    if len(parts) < 4:
+        return None
+    try:
+        return int(parts[-2])
+    except ValueError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dead_writers(root: Path) -> list[Path]:
+    """Like `recover`, but leaves alone the ``.part`` segments of writers that are still running.
+
+    A landing zone may be shared by several proxy processes; one that starts must publish only what a dead
+    one left behind. A segment whose name has no process id, or whose process is gone (or is this very
+    process, restarted under the same id), is recovered.
+    """
+    published = []
+    for part in sorted(Path(root).glob(f"date=*/hour=*/.*{SEGMENT_SUFFIX}{PART_SUFFIX}")):
+        pid = _writer_pid(part)
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            continue
+        data = part.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            part.unlink()
+            continue
+        if cut < len(data):
+            with open(part, "r+b") as fh:
+                fh.truncate(cut)
+                os.fsync(fh.fileno())
+        final = part.with_name(part.name[1 : -len(PART_SUFFIX)])
+        os.replace(part, final)
+        published.append(final)
+    return published
+
+
+class RotatingWriter:
+    """Open segments per UTC hour, rotated by size and age, published by rename.
+
+    Not thread-safe: one thread owns it (the proxy's background writer). ``write`` takes the record's own
+    UTC hour (``hour_key``, e.g. ``datetime(2026, 1, 2, 13, tzinfo=UTC)``) so that a record lands under the
+    hour of its timestamp even when it is written later.
+    """
+
+    def __init__(self, root: Path, source: str, *, max_bytes: int, max_age_s: float):
+        self.root = Path(root)
+        self.source = source
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.open: dict[datetime, SegmentFile] = {}
+        self.segments_published = 0
+        self.lines_published = 0
+
+    def write(self, hour_key: datetime, lines: list[bytes]) -> None:
+        seg = self.open.get(hour_key)
+        if seg is None:
+            seg = self.open[hour_key] = SegmentFile(self.root, self.source, hour_key)
+        seg.write_lines(lines)
+        if seg.bytes_written >= self.max_bytes:
+            self._publish(hour_key)
+
+    def flush(self, durable: bool = True) -> None:
+        for seg in self.open.values():
+            seg.flush(durable=durable)
+
+    def rotate_expired(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        for key in [k for k, s in self.open.items() if (now - s.opened_at).total_seconds() >= self.max_age_s]:
+            self._publish(key)
+
+    def close(self) -> None:
+        for key in list(self.open):
+            self._publish(key)
+
+    def _publish(self, key: datetime) -> None:
+        seg = self.open.pop(key)
+        lines = seg.lines_written
+        path = seg.publish()
+        if path is not None:
+            self.segments_published += 1
+            self.lines_published += lines

@@ -1,0 +1,191 @@
+"""Prometheus metrics with the names and base labels of Bifrost's telemetry (seed 002).
+
+Custom labels come from the config's ``client.prometheus_labels`` and are filled from ``x-bf-prom-<label>``
+request headers. Only configured names become labels (any other ``x-bf-prom-*`` header is ignored) and a
+value is cut to ``MAX_LABEL_VALUE`` characters, so a client cannot create new series names at will.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PROM_HEADER_PREFIX = "x-bf-prom-"
+MAX_LABEL_VALUE = 64
+
+BASE_LABELS = (
+    "provider",
+    "model",
+    "method",
+    "virtual_key_id",
+    "virtual_key_name",
+    "routing_engines_used",
+    "routing_rule_id",
+    "routing_rule_name",
+    "selected_key_id",
+    "selected_key_name",
+    "number_of_retries",
+    "fallback_index",
+)
+HTTP_LABELS = ("path", "method", "status")
+
+# request_type of the record -> the `method` label of seed 002 (chat, text, embedding, speech, transcription).
+METHOD_LABEL = {
+    "chat": "chat",
+    "text_completion": "text",
+    "responses": "responses",
+    "embeddings": "embedding",
+    "speech": "speech",
+    "transcription": "transcription",
+    "image": "image",
+    "video": "video",
+}
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def custom_label_name(configured: str) -> str:
+    """A configured label as a Prometheus label name (``team-id`` -> ``team_id``)."""
+    return configured.strip().lower().replace("-", "_")
+
+
+class Metrics:
+    def __init__(self, custom_labels: list[str]):
+        self.registry = CollectorRegistry(auto_describe=True)
+        # header name (lower case, after the prefix) -> label name
+        self.custom = {}
+        for name in custom_labels:
+            label = custom_label_name(name)
+            if not _LABEL_NAME.match(label) or label in BASE_LABELS + HTTP_LABELS + ("status_code", "is_success"):
+                raise ValueError(f"client.prometheus_labels: {name!r} cannot be a Prometheus label name")
+            self.custom[name.strip().lower().replace("_", "-")] = label
+        c = tuple(self.custom.values())
+        self.custom_names = c
+        r = self.registry
+        self.http_requests = Counter(
+            "http_requests_total", "Total number of HTTP requests", HTTP_LABELS + c, registry=r
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds",
+            "Duration of HTTP requests",
+            HTTP_LABELS + c,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "bifrost_upstream_requests_total",
+            "Total requests forwarded to upstream providers",
+            BASE_LABELS + c,
+            registry=r,
+        )
+        self.success_requests = Counter(
+            "bifrost_success_requests_total",
+            "Total successful requests to upstream providers",
+            BASE_LABELS + c,
+            registry=r,
+        )
+        self.error_requests = Counter(
+            "bifrost_error_requests_total",
+            "Total failed requests to upstream providers",
+            BASE_LABELS + ("status_code",) + c,
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "bifrost_upstream_latency_seconds",
+            "Latency of upstream provider requests",
+            BASE_LABELS + ("is_success",) + c,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.input_tokens = Counter(
+            "bifrost_input_tokens_total",
+            "Total input tokens sent to upstream providers",
+            BASE_LABELS + c,
+            registry=r,
+        )
+        self.output_tokens = Counter(
+            "bifrost_output_tokens_total",
+            "Total output tokens received from upstream providers",
+            BASE_LABELS + c,
+            registry=r,
+        )
+        self.cost = Counter(
+            "bifrost_cost_total", "Total cost in USD for upstream provider requests", BASE_LABELS + c, registry=r
+        )
+        self.first_token = Histogram(
+            "bifrost_stream_first_token_latency_seconds",
+            "Time from request start to first streamed token",
+            BASE_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "bifrost_stream_inter_token_latency_seconds",
+            "Latency between subsequent streamed tokens",
+            BASE_LABELS,
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        # Not in seed 002: the proxy's own health (landing queue), named so they cannot be confused with it.
+        self.records_landed = Counter(
+            "bifrost_proxy_records_landed_total", "Records written to published landing segments", registry=r
+        )
+        self.records_rejected = Counter(
+            "bifrost_proxy_requests_rejected_total",
+            "Requests refused because the landing queue was full (client.drop_excess_requests)",
+            registry=r,
+        )
+        self.queue_waits = Counter(
+            "bifrost_proxy_queue_full_waits_total",
+            "Requests that waited for room in the landing queue (backpressure)",
+            registry=r,
+        )
+
+    def custom_values(self, headers: dict[str, str]) -> tuple[str, ...]:
+        """Values of the configured custom labels from ``x-bf-prom-<name>`` headers ("" when absent)."""
+        if not self.custom:
+            return ()
+        return tuple(headers.get(PROM_HEADER_PREFIX + h, "")[:MAX_LABEL_VALUE] for h in self.custom)
+
+    def base_values(self, provider: str, model: str, request_type: str) -> tuple[str, ...]:
+        # The proxy has no virtual keys, routing rules, retries or fallbacks: those labels are present
+        # (dashboards written for Bifrost keep working) with neutral values.
+        return (provider, model, METHOD_LABEL.get(request_type, request_type), "", "", "", "", "", "", "", "0", "0")
+
+    def observe_http(self, path: str, method: str, status: int, seconds: float, custom: tuple[str, ...]) -> None:
+        labels = (path, method, str(status)) + custom
+        self.http_requests.labels(*labels).inc()
+        self.http_duration.labels(*labels).observe(seconds)
+
+    def observe_record(self, rec: dict, upstream_s: float | None, custom: tuple[str, ...], gaps: list[float]) -> None:
+        """Upstream metrics of one proxied request, from its log record."""
+        base = self.base_values(rec["provider"], rec["model"], rec["request_type"])
+        labels = base + custom
+        ok = rec["status"] == "success"
+        self.upstream_requests.labels(*labels).inc()
+        if ok:
+            self.success_requests.labels(*labels).inc()
+        else:
+            self.error_requests.labels(*base, str(rec["status_code"]), *custom).inc()
+        if upstream_s is not None:
+            self.upstream_latency.labels(*base, "true" if ok else "false", *custom).observe(upstream_s)
+        if rec.get("input_tokens"):
+            self.input_tokens.labels(*labels).inc(rec["input_tokens"])
+        if rec.get("output_tokens"):
+            self.output_tokens.labels(*labels).inc(rec["output_tokens"])
+        if rec.get("cost_usd"):
+            self.cost.labels(*labels).inc(rec["cost_usd"])
+        if rec.get("time_to_first_token_ms") is not None:
+            self.first_token.labels(*base).observe(rec["time_to_first_token_ms"] / 1000)
+        if gaps:
+            h = self.inter_token.labels(*base)
+            for g in gaps:
+                h.observe(g)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
