@@ -20,7 +20,15 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from bifrost_pipeline import __version__, records
-from bifrost_pipeline.config import RECORD_DATASETS, Aggregate, Anonymize, AppConfig, Enrich, ExportConfig, Schedule
+from bifrost_pipeline.config import (
+    RECORD_DATASETS,
+    Aggregate,
+    Anonymize,
+    AppConfig,
+    Enrich,
+    ExportConfig,
+    Schedule,
+)
 from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.base import (
     DatasetFile,

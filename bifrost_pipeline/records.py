@@ -144,7 +144,7 @@ def polars_read_schema() -> dict:
     import polars as pl
 
     schema = polars_schema()
-    return {name: (pl.String if f.kind == "timestamp" else schema[name]) for name, f in zip(schema, fields())}
+    return {name: (pl.String if f.kind == "timestamp" else schema[name]) for name, f in zip(schema, fields(), strict=True)}
 
 
 def parquet_message() -> str:
@@ -171,7 +171,7 @@ def pandera_schema():
     import pandera.polars as pa
 
     columns = {}
-    for f, (name, dtype) in zip(fields(), polars_schema().items()):
+    for f, (name, dtype) in zip(fields(), polars_schema().items(), strict=True):
         checks = []
         if f.enum is not None:
             checks.append(pa.Check.isin(list(f.enum)))

@@ -32,6 +32,9 @@ from bifrost_pipeline.config import AppConfig
 BLOCK_BYTES = 32 * 1024 * 1024
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 RAW_COMPRESSION = ("zstd", 1)  # raw is an intermediate: cheap to write, fast to read
+# Rows buffered per Parquet row group: large enough that readers and the pandera check pay little per
+# group, small enough to bound memory (about 150 MB of records carrying content).
+ROW_GROUP_ROWS = 100_000
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -213,10 +216,21 @@ class _DayWriter:
         )
         self.quarantine_writer = pq.ParquetWriter(self.tmp_quarantine, QUARANTINE_SCHEMA, compression="zstd")
         self.validated_at = datetime.now(UTC)
+        self.pending: list[pl.DataFrame] = []
+        self.pending_rows = 0
 
     def valid(self, df: pl.DataFrame) -> None:
         if df.height:
-            self.raw_writer.write_table(df.to_arrow().cast(self.arrow_schema))
+            self.pending.append(df)
+            self.pending_rows += df.height
+            if self.pending_rows >= ROW_GROUP_ROWS:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            table = pl.concat(self.pending, how="vertical", rechunk=False).to_arrow().cast(self.arrow_schema)
+            self.raw_writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            self.pending, self.pending_rows = [], 0
 
     def quarantine(self, segment: str, rows: list[tuple[int, str, bytes]]) -> None:
         if not rows:
@@ -237,6 +251,7 @@ class _DayWriter:
         self.quarantine_writer.write_table(table)
 
     def commit(self) -> None:
+        self._flush()
         self.raw_writer.close()
         self.quarantine_writer.close()
         os.replace(self.tmp_raw, self.final_raw)

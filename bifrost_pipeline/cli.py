@@ -1,0 +1,92 @@
+"""The `bifrost-pipeline` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _validate_config(args: argparse.Namespace) -> int:
+    from bifrost_pipeline.config import ConfigError, config_path, load_config
+    from bifrost_pipeline.exports import partition_window
+
+    path = config_path(args.path)
+    try:
+        app = load_config(path)
+    except ConfigError as err:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    from bifrost_pipeline.exports import make_destination
+
+    print(f"{path}: OK")
+    print(f"  landing zone: {app.landing_dir}")
+    print(f"  raw_logs:     daily UTC partitions from {app.pipeline.start_date}, {app.raw_dir}")
+    if not app.exports:
+        print("  no enabled exports")
+    for e in app.exports:
+        s = e.schedule
+        when = {"daily": "every day", "weekly": f"every {s.day}", "monthly": f"on day {s.day} of every month"}
+        first = app.pipeline.start_date.isoformat()
+        start, end = partition_window(s, first) if s.frequency == "daily" else (None, None)
+        print(f"  export {e.name}")
+        print(f"    asset:       {e.asset_name} (job {e.asset_name}_job)")
+        print(f"    partitions:  {s.frequency} windows in {s.timezone}" + (f", first {start:%Y-%m-%d %H:%M %Z}" if start else ""))
+        print(f"    schedule:    {when[s.frequency]} at {s.time} {s.timezone} (exports the window that just ended)")
+        print(f"    data:        {', '.join(e.data.include)} as {e.data.format} ({e.data.codec})")
+        steps = [t.type for t in e.data.transformations]
+        if steps:
+            print(f"    transforms:  {' -> '.join(steps)}")
+        print(f"    destination: {e.destination.type} {make_destination(app, e).describe()}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bifrost_pipeline.demo import run_demo
+
+    return run_demo(
+        config=args.config, days=args.days, records_per_day=args.records_per_day, seed=args.seed,
+        proxy_requests=args.proxy_requests,
+    )
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from bifrost_pipeline import records
+
+    print(records.parquet_message(), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bifrost-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate-config", help="check a config file and print what it defines")
+    p.add_argument("path", nargs="?", help="config file (default: $BIFROST_PIPELINE_CONFIG or ./bifrost_pipeline.yaml)")
+    p.set_defaults(func=_validate_config)
+
+    p = sub.add_parser("demo", help="land sample traffic and materialize every asset for it")
+    p.add_argument("--config", help="config file (default: $BIFROST_PIPELINE_CONFIG or ./bifrost_pipeline.yaml)")
+    p.add_argument("--days", type=int, default=3, help="complete UTC days of traffic, ending yesterday")
+    p.add_argument("--records-per-day", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--proxy-requests", type=int, default=40, help="requests sent through the proxy (0: none)")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("schema", help="print the Parquet schema of the log record (derived from schemas/)")
+    p.set_defaults(func=_schema)
+
+    try:
+        from bifrost_pipeline.proxy.cli import add_proxy_parser
+    except ImportError:
+        add_proxy_parser = None
+    if add_proxy_parser is not None:
+        add_proxy_parser(sub)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

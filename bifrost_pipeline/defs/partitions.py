@@ -1,0 +1,43 @@
+"""Partitions definitions: one place, imported by assets, schedules and sensors."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import dagster as dg
+
+from bifrost_pipeline.config import AppConfig, ExportConfig
+
+
+def raw_partitions(app: AppConfig) -> dg.DailyPartitionsDefinition:
+    # UTC days; end_offset=1 so today's partition exists and can be filled while segments land.
+    return dg.DailyPartitionsDefinition(
+        start_date=app.pipeline.start_date.isoformat(), timezone="UTC", end_offset=1
+    )
+
+
+def export_partitions(app: AppConfig, export: ExportConfig) -> dg.TimeWindowPartitionsDefinition:
+    """Windows that end at local midnight of the schedule's day, in the schedule's time zone."""
+    s = export.schedule
+    start = app.pipeline.start_date.isoformat()
+    if s.frequency == "daily":
+        return dg.DailyPartitionsDefinition(start_date=start, timezone=s.timezone)
+    if s.frequency == "weekly":
+        return dg.WeeklyPartitionsDefinition(start_date=start, day_offset=s.weekday, timezone=s.timezone)
+    return dg.MonthlyPartitionsDefinition(start_date=start, day_offset=int(s.day), timezone=s.timezone)
+
+
+def overlapping_partitions(
+    partitions: dg.TimeWindowPartitionsDefinition, schedule, start: datetime, end: datetime
+) -> list[str]:
+    """Keys of the partitions whose window overlaps [start, end) (not only those inside it)."""
+    from bifrost_pipeline.exports import partition_window
+
+    # A window is at most a month long: widen the search by that, then keep the true overlaps.
+    wide = dg.TimeWindow(start - timedelta(days=32), end + timedelta(days=32))
+    out = []
+    for key in partitions.get_partition_keys_in_time_window(wide):
+        w_start, w_end = partition_window(schedule, key)
+        if w_start < end and w_end > start:
+            out.append(key)
+    return out

@@ -1,0 +1,112 @@
+"""``POST /v1/logs``: a batch of canonical records (NDJSON or a JSON array) checked against ``schemas/``.
+
+Each record is validated with the JSON Schema itself (jsonschema, date-time formats checked), so the proxy
+never holds a second definition of the record. Valid records are landed (one segment per UTC hour, published
+before the answer); rejected ones are reported with their line (NDJSON) or index (array), the field path
+and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+
+from bifrost_pipeline import landing, records
+
+from .record import hour_key
+
+MAX_ERRORS_PER_RECORD = 5
+_REQUIRED = re.compile(r"^'([^']+)' is a required property$")
+
+
+@cache
+def validator() -> jsonschema.protocols.Validator:
+    schema = records.json_schema()
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _path(err: jsonschema.ValidationError) -> str:
+    parts = list(err.absolute_path)
+    if err.validator == "required":
+        m = _REQUIRED.match(err.message)
+        if m:
+            parts.append(m.group(1))
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else ("." if out else "") + str(p)
+    return out or "(record)"
+
+
+def check_record(obj: Any) -> list[dict[str, str]]:
+    """The problems of one decoded record (empty when it is valid)."""
+    if not isinstance(obj, dict):
+        return [{"path": "(record)", "reason": f"expected a JSON object, got {type(obj).__name__}"}]
+    errors = sorted(validator().iter_errors(obj), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    return [{"path": _path(e), "reason": e.message[:500]} for e in errors[:MAX_ERRORS_PER_RECORD]]
+
+
+def record_hour(obj: dict) -> datetime:
+    ts = datetime.fromisoformat(obj["timestamp"])
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return hour_key(ts)
+
+
+def split_batch(body: bytes) -> tuple[str, list[tuple[int, Any, str | None]]]:
+    """(kind, [(line or index, decoded value or None, decode error)]) of an NDJSON or JSON-array body."""
+    head = body.lstrip()[:1]
+    if head == b"[":
+        try:
+            items = orjson.loads(body)
+        except orjson.JSONDecodeError as err:
+            raise ValueError(f"the body starts with '[' but is not a JSON array: {err}") from None
+        return "index", [(i, item, None) for i, item in enumerate(items)]
+    out: list[tuple[int, Any, str | None]] = []
+    for lineno, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((lineno, orjson.loads(line), None))
+        except orjson.JSONDecodeError as err:
+            out.append((lineno, None, f"invalid JSON: {err}"))
+    return "line", out
+
+
+def process_batch(body: bytes, *, strip_content: bool) -> tuple[dict[datetime, list[bytes]], dict]:
+    """Validate a batch: (lines to land grouped by UTC hour, the answer's report)."""
+    kind, items = split_batch(body)
+    groups: dict[datetime, list[bytes]] = {}
+    rejected = []
+    accepted = 0
+    for pos, obj, decode_error in items:
+        if decode_error is not None:
+            rejected.append({kind: pos, "path": "(line)", "reason": decode_error, "errors": []})
+            continue
+        problems = check_record(obj)
+        if problems:
+            rejected.append({kind: pos, "path": problems[0]["path"], "reason": problems[0]["reason"],
+                             "errors": problems})
+            continue
+        if strip_content:
+            obj["input_content"] = None
+            obj["output_content"] = None
+        groups.setdefault(record_hour(obj), []).append(orjson.dumps(obj))
+        accepted += 1
+    return groups, {"accepted": accepted, "rejected_count": len(rejected), "rejected": rejected}
+
+
+def land_groups(root: Path, groups: dict[datetime, list[bytes]], source: str) -> list[Path]:
+    """One published segment per UTC hour (blocking: run it in a thread)."""
+    paths = []
+    for hour, lines in sorted(groups.items()):
+        p = landing.write_segment(root, lines, hour, source=source)
+        if p is not None:
+            paths.append(p)
+    return paths

@@ -1,0 +1,310 @@
+"""A built-in OpenAI-compatible mock upstream, for the demo, the tests and the benchmark.
+
+Serves chat completions, text completions, responses, embeddings, speech and transcription (multipart),
+streamed (SSE, with a final usage chunk when ``stream_options.include_usage`` is set, as OpenAI does) or not.
+Behaviour per request, from headers (the proxy forwards them): ``x-mock-delay-ms`` (wait before answering),
+``x-mock-status`` (answer with that error status), ``x-mock-chunks`` (words in the reply),
+``x-mock-chunk-delay-ms`` (wait between streamed chunks). Server-wide defaults: ``delay_ms`` and
+``error_rate`` (a seeded share of requests answered 500). ``GET /mock/requests`` lists the last requests
+it received (path, headers, body) so tests can check what the proxy forwarded.
+
+Run alone: ``python -m bifrost_pipeline.proxy.mock --port 9000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+
+WORDS = "This is a mock reply from the bifrost pipeline mock upstream , streamed word by word for tests .".split()
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    504: "timeout",
+}
+EMBEDDING_DIMS = 8
+
+
+def _count_words(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(_count_words(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_count_words(v) for k, v in value.items() if k in ("content", "text", "input", "prompt"))
+    return 0
+
+
+class MockUpstream:
+    def __init__(self, *, delay_ms: float = 0.0, error_rate: float = 0.0, seed: int = 7, keep: int = 200,
+                 prefix: str = ""):
+        self.delay_ms = delay_ms
+        self.error_rate = error_rate
+        self.rng = random.Random(seed)
+        self.requests: deque[dict] = deque(maxlen=keep)
+        self.prefix = prefix
+        self.count = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if self.prefix and path.startswith(self.prefix):
+            path = path[len(self.prefix) :]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        body = b""
+        more = True
+        while more:
+            msg = await receive()
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+        if path == "/mock/requests":
+            await self._json(send, 200, list(self.requests))
+            return
+        if path == "/health":
+            await self._json(send, 200, {"status": "ok"})
+            return
+        self.count += 1
+        parsed: Any = None
+        form: dict | None = None
+        ctype = headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            form = await self._form(scope, body)
+        elif body:
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                await self._error(send, 400, "mock: the body is not JSON")
+                return
+        self.requests.append({"path": path, "headers": headers, "body": parsed if form is None else form})
+
+        delay = float(headers.get("x-mock-delay-ms", self.delay_ms))
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)
+        status = int(headers.get("x-mock-status", 0) or 0)
+        if not status and self.error_rate and self.rng.random() < self.error_rate:
+            status = 500
+        if status >= 400:
+            await self._error(send, status, f"mock error {status}")
+            return
+        req = parsed if isinstance(parsed, dict) else {}
+        model = (form or req).get("model", "mock-gpt")
+        n_words = int(headers.get("x-mock-chunks", 0) or 0) or len(WORDS)
+        if isinstance(req.get("max_tokens"), int):
+            n_words = min(n_words, max(1, req["max_tokens"]))
+        chunk_delay = float(headers.get("x-mock-chunk-delay-ms", 0) or 0) / 1000
+        words = [WORDS[i % len(WORDS)] for i in range(n_words)]
+        stream = bool(req.get("stream")) or (form is not None and str(form.get("stream")).lower() == "true")
+        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+
+        if path == "/v1/chat/completions":
+            prompt = max(1, _count_words(req.get("messages")))
+            if stream:
+                await self._stream_chat(send, model, words, prompt, include_usage, chunk_delay, "chat")
+            else:
+                await self._json(send, 200, self._chat(model, " ".join(words), prompt, len(words)))
+        elif path == "/v1/completions":
+            prompt = max(1, _count_words(req.get("prompt")))
+            if stream:
+                await self._stream_chat(send, model, words, prompt, include_usage, chunk_delay, "text")
+            else:
+                await self._json(send, 200, self._completion(model, " ".join(words), prompt, len(words)))
+        elif path == "/v1/responses":
+            prompt = max(1, _count_words(req.get("input")))
+            if stream:
+                await self._stream_responses(send, model, words, prompt, chunk_delay)
+            else:
+                await self._json(send, 200, self._response(model, " ".join(words), prompt, len(words)))
+        elif path == "/v1/embeddings":
+            inputs = req.get("input")
+            inputs = inputs if isinstance(inputs, list) else [inputs]
+            prompt = max(1, _count_words(inputs))
+            data = [
+                {"object": "embedding", "index": i, "embedding": [round(0.1 * (i + j + 1), 3) for j in range(EMBEDDING_DIMS)]}
+                for i in range(len(inputs))
+            ]
+            await self._json(send, 200, {"object": "list", "data": data, "model": model,
+                                         "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})
+        elif path == "/v1/audio/speech":
+            audio = b"ID3" + bytes(range(256)) * 4
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"audio/mpeg"), (b"content-length", str(len(audio)).encode())]})
+            await send({"type": "http.response.body", "body": audio})
+        elif path == "/v1/audio/transcriptions":
+            size = int((form or {}).get("file_bytes", 0))
+            text = f"mock transcription of {size} bytes"
+            usage = {"type": "tokens", "input_tokens": max(1, size // 100), "output_tokens": len(text.split()),
+                     "total_tokens": max(1, size // 100) + len(text.split())}
+            if stream:
+                events = [{"type": "transcript.text.delta", "delta": w + " "} for w in text.split()]
+                events.append({"type": "transcript.text.done", "text": text, "usage": usage})
+                await self._sse(send, [(None, e) for e in events], chunk_delay, done=False)
+            else:
+                await self._json(send, 200, {"text": text, "usage": usage})
+        else:
+            await self._error(send, 404, f"mock: no route {path}")
+
+    # --- bodies ---------------------------------------------------------------------------------------
+
+    def _id(self, kind: str) -> str:
+        return f"{kind}-mock-{self.count}"
+
+    def _chat(self, model: str, text: str, prompt: int, completion: int) -> dict:
+        return {
+            "id": self._id("chatcmpl"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+                         "logprobs": None}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                      "prompt_tokens_details": {"cached_tokens": 0},
+                      "completion_tokens_details": {"reasoning_tokens": 0}},
+        }
+
+    def _completion(self, model: str, text: str, prompt: int, completion: int) -> dict:
+        return {
+            "id": self._id("cmpl"),
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        }
+
+    def _response(self, model: str, text: str, prompt: int, completion: int, status: str = "completed") -> dict:
+        return {
+            "id": self._id("resp"),
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "model": model,
+            "output": [{"type": "message", "id": self._id("msg"), "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
+                      "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}},
+        }
+
+    async def _stream_chat(self, send, model, words, prompt, include_usage, chunk_delay, kind) -> None:
+        cid = self._id("chatcmpl" if kind == "chat" else "cmpl")
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        created = int(time.time())
+
+        def chunk(delta_text: str | None, finish: str | None, first: bool = False) -> dict:
+            if kind == "chat":
+                delta: dict = {"role": "assistant", "content": ""} if first else {"content": delta_text}
+                if finish:
+                    delta = {}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
+            return {"id": cid, "object": obj, "created": created, "model": model, "choices": [choice]}
+
+        events: list[tuple[str | None, dict]] = []
+        if kind == "chat":
+            events.append((None, chunk(None, None, first=True)))
+        for i, w in enumerate(words):
+            events.append((None, chunk(w if i == 0 else " " + w, None)))
+        events.append((None, chunk(None, "stop")))
+        if include_usage:
+            events.append((None, {"id": cid, "object": obj, "created": created, "model": model, "choices": [],
+                                  "usage": {"prompt_tokens": prompt, "completion_tokens": len(words),
+                                            "total_tokens": prompt + len(words)}}))
+        await self._sse(send, events, chunk_delay, done=True)
+
+    async def _stream_responses(self, send, model, words, prompt, chunk_delay) -> None:
+        text = " ".join(words)
+        start = self._response(model, "", prompt, 0, status="in_progress")
+        start["output"] = []
+        start["usage"] = None
+        events: list[tuple[str | None, dict]] = [("response.created", {"type": "response.created", "response": start,
+                                                                       "sequence_number": 0})]
+        for i, w in enumerate(words):
+            events.append(("response.output_text.delta", {
+                "type": "response.output_text.delta", "item_id": self._id("msg"), "output_index": 0,
+                "content_index": 0, "delta": w if i == 0 else " " + w, "sequence_number": i + 1, "logprobs": []}))
+        done = self._response(model, text, prompt, len(words))
+        events.append(("response.completed", {"type": "response.completed", "response": done,
+                                              "sequence_number": len(words) + 1}))
+        await self._sse(send, events, chunk_delay, done=False)
+
+    async def _sse(self, send, events, chunk_delay: float, done: bool) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        for name, ev in events:
+            head = f"event: {name}\n".encode() if name else b""
+            await send({"type": "http.response.body", "body": head + b"data: " + orjson.dumps(ev) + b"\n\n",
+                        "more_body": True})
+            if chunk_delay:
+                await asyncio.sleep(chunk_delay)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n" if done else b"", "more_body": False})
+
+    async def _form(self, scope, body: bytes) -> dict:
+        from starlette.datastructures import UploadFile
+        from starlette.requests import Request
+
+        async def replay():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        out: dict = {}
+        async with Request(scope, replay).form() as form:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    data = await value.read()
+                    out["file_name"] = value.filename
+                    out["file_bytes"] = len(data)
+                else:
+                    out[key] = value
+        return out
+
+    async def _json(self, send, status: int, doc: Any) -> None:
+        body = orjson.dumps(doc)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _error(self, send, status: int, message: str) -> None:
+        etype = ERROR_TYPES.get(status, "api_error")
+        await self._json(send, status, {"error": {"message": message, "type": etype, "param": None, "code": etype}})
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    p = argparse.ArgumentParser(description="OpenAI-compatible mock upstream")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument("--error-rate", type=float, default=0.0)
+    args = p.parse_args(argv)
+    app = MockUpstream(delay_ms=args.delay_ms, error_rate=args.error_rate)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                loop="uvloop", http="httptools", lifespan="on")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The proxy's background landing writer: a bounded queue in front of a `landing.RotatingWriter` thread.
+
+The request path only builds a dict and appends it to a queue (no I/O, no serialization). A thread takes
+the queue in batches, serializes with orjson, appends to the open segment of each record's UTC hour,
+flushes (fsync) every ``flush_interval_s``, rotates segments by size and age, and publishes them by rename.
+
+The bound is enforced at admission: a request reserves a slot (``await reserve()``) before it is sent
+upstream and its record fills that slot, so a record that was admitted is never refused later, even from a
+``finally`` block of a cancelled stream. When every slot is taken the request waits (backpressure) or, with
+``client.drop_excess_requests``, is answered 429; both are counted and logged, never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+
+from bifrost_pipeline import landing
+
+log = logging.getLogger("bifrost_pipeline.proxy.writer")
+
+_STOP = object()
+_FLUSH = object()
+MAX_BATCH = 5000
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Slots:
+    """A counting semaphore owned by the event loop; released from the writer thread through the loop."""
+
+    def __init__(self, n: int):
+        self.size = n
+        self.free = n
+        self.waiters: deque[asyncio.Future] = deque()
+
+    def try_acquire(self) -> bool:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(1)  # it was handed a slot just as it was cancelled: give it back
+            else:
+                try:
+                    self.waiters.remove(fut)
+                except ValueError:
+                    pass
+            raise
+
+    def release(self, n: int) -> None:
+        while n and self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                n -= 1
+        self.free += n
+
+
+class LandingWriter:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        queue_size: int,
+        segment_max_bytes: int,
+        segment_max_age_s: float,
+        flush_interval_s: float,
+        source: str = "proxy",
+        on_landed: Callable[[int], None] | None = None,
+    ):
+        self.root = Path(root)
+        self.slots = Slots(queue_size)
+        self.flush_interval_s = flush_interval_s
+        self.rotating = landing.RotatingWriter(
+            self.root, source, max_bytes=segment_max_bytes, max_age_s=segment_max_age_s
+        )
+        self.on_landed = on_landed
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.submitted = 0
+        self.written = 0
+        self.waits = 0
+        self.refused = 0
+        self.error: BaseException | None = None
+        self._closed = False
+
+    # --- lifecycle (event loop side) -----------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> list[Path]:
+        """Publish what a dead writer left behind, then start the thread."""
+        self._loop = loop
+        recovered = landing.recover_dead_writers(self.root) if self.root.exists() else []
+        if recovered:
+            log.warning("recovered %d segment(s) left incomplete by a previous run", len(recovered))
+        self._thread = threading.Thread(target=self._run, name="landing-writer", daemon=True)
+        self._thread.start()
+        return recovered
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drain the queue, publish every open segment, stop the thread (blocking)."""
+        if self._closed or self._thread is None:
+            return
+        self._closed = True
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def publish_now(self) -> None:
+        """Ask the thread to write what it has and publish every open segment (tests, admin)."""
+        self._q.put(_FLUSH)
+
+    # --- the request path (event loop side) -----------------------------------------------------------
+
+    async def reserve(self, drop_excess: bool) -> None:
+        """Take a slot for one record; wait for one (backpressure) or raise QueueFull (drop_excess)."""
+        if self.slots.try_acquire():
+            return
+        if drop_excess:
+            self.refused += 1
+            log.warning("landing queue full (%d records): request refused with 429", self.slots.size)
+            raise QueueFull()
+        self.waits += 1
+        if self.waits == 1 or self.waits % 1000 == 0:
+            log.warning("landing queue full (%d records): requests wait for the writer (%d so far)",
+                        self.slots.size, self.waits)
+        await self.slots.acquire()
+
+    def release(self) -> None:
+        """Give back a slot that will carry no record."""
+        self.slots.release(1)
+
+    def submit(self, hour: datetime, record: dict) -> None:
+        """Hand a record (its slot already reserved) to the writer. Never blocks, never refuses."""
+        self.submitted += 1
+        self._q.put((hour, record))
+
+    # --- the writer thread ---------------------------------------------------------------------------
+
+    def _release_from_thread(self, n: int) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self.slots.release, n)
+        except RuntimeError:
+            pass  # the loop stopped: nobody is waiting any more
+
+    def _run(self) -> None:
+        rw = self.rotating
+        next_flush = time.monotonic() + self.flush_interval_s
+        stop = False
+        landed_before = 0
+        while not stop:
+            timeout = max(0.0, next_flush - time.monotonic())
+            items: list = []
+            try:
+                items.append(self._q.get(timeout=timeout))
+                while len(items) < MAX_BATCH:
+                    items.append(self._q.get_nowait())
+            except queue.Empty:
+                pass
+            force_flush = False
+            groups: dict[datetime, list[bytes]] = {}
+            n = 0
+            for item in items:
+                if item is _STOP:
+                    stop = True
+                    continue
+                if item is _FLUSH:
+                    force_flush = True
+                    continue
+                hour, rec = item
+                try:
+                    line = orjson.dumps(rec, default=str)
+                except Exception as err:  # a record that cannot be serialized is a bug: say so loudly
+                    log.error("record %s could not be serialized (%s); landed as an error note",
+                              rec.get("request_id"), err)
+                    line = orjson.dumps({k: (v if isinstance(v, str | int | float | bool | None) else str(v))
+                                         for k, v in rec.items()})
+                groups.setdefault(hour, []).append(line)
+                n += 1
+            try:
+                for hour, lines in groups.items():
+                    rw.write(hour, lines)
+                self.written += n
+                if force_flush or stop or time.monotonic() >= next_flush:
+                    rw.flush(durable=True)
+                    rw.rotate_expired()
+                    next_flush = time.monotonic() + self.flush_interval_s
+                    if force_flush:
+                        rw.close()
+            except BaseException as err:  # disk full, permissions: keep the process alive, keep counting
+                self.error = err
+                log.exception("landing writer failed to write %d record(s): they are lost", n)
+            if n:
+                self._release_from_thread(n)
+            if self.on_landed and rw.lines_published != landed_before:
+                self.on_landed(rw.lines_published - landed_before)
+                landed_before = rw.lines_published
+        try:
+            rw.close()
+        except BaseException as err:
+            self.error = err
+            log.exception("landing writer failed to publish its segments")
+        if self.on_landed and rw.lines_published != landed_before:
+            self.on_landed(rw.lines_published - landed_before)
