@@ -154,7 +154,8 @@ class DateRange(Strict):
 
 
 class Filters(Strict):
-    date_range: Literal["last_24_hours", "last_7_days", "last_30_days"] | DateRange | None = None
+    # "last_24_hours" | "last_7_days" | "last_30_days" | {start, end}; typed in _date_range.
+    date_range: Any = None
     providers: list[str] | None = None
     models: list[str] | None = None
     status_codes: list[Annotated[int, Field(ge=100, le=599)]] | None = None
@@ -162,6 +163,22 @@ class Filters(Strict):
     min_latency_ms: Annotated[int, Field(ge=0)] | None = None
     max_latency_ms: Annotated[int, Field(ge=0)] | None = None
     has_errors: bool | None = None
+
+    @field_validator("date_range")
+    @classmethod
+    def _date_range(cls, v: Any) -> str | DateRange | None:
+        if v is None or isinstance(v, DateRange):
+            return v
+        if isinstance(v, str):
+            if v not in DATE_RANGES:
+                raise ValueError(f"expected {', '.join(DATE_RANGES)} or {{start, end}}, got {v!r}")
+            return v
+        if isinstance(v, dict):
+            try:
+                return DateRange.model_validate(v)
+            except ValidationError as err:
+                raise ValueError(_pydantic_problems(err, ("date_range",))[0]) from None
+        raise ValueError(f"expected {', '.join(DATE_RANGES)} or {{start, end}}, got {v!r}")
 
     @model_validator(mode="after")
     def _latency(self) -> Filters:
@@ -318,6 +335,16 @@ class ClientConfig(Strict):
     # Kept from Bifrost's config.json: upstream connection pool size of the proxy.
     initial_pool_size: Annotated[int, Field(ge=1)] = 300
 
+    @field_validator("logging_headers")
+    @classmethod
+    def _no_secret_headers(cls, v: list[str]) -> list[str]:
+        # A credential must never reach a log record, even when someone lists it here.
+        secret = {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie", "x-goog-api-key"}
+        bad = [h for h in v if h.strip().lower() in secret]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} carries credentials and cannot be a logging header")
+        return v
+
 
 class ProviderConfig(Strict):
     base_url: str
@@ -341,6 +368,11 @@ class ProxyConfig(Strict):
     segment_max_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     segment_max_age_s: Annotated[float, Field(gt=0)] = 60.0
     flush_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    # Largest request body proxied, and largest /v1/logs or /v1/traces batch (bytes).
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    max_intake_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    # On SIGTERM: how long in-flight requests (long streams included) may run on before being cut.
+    shutdown_grace_s: Annotated[float, Field(gt=0)] = 30.0
 
 
 class LandingConfig(Strict):
@@ -433,11 +465,13 @@ def _pydantic_problems(err: ValidationError, prefix: tuple = ()) -> list[str]:
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
             # A model validator names the field in its message ("day: ..."); move it into the path.
-            m = re.match(r"^([a-z_]+): (.*)$", msg, re.S)
-            if m and e["loc"] == () or (m and not isinstance(loc[-1], str | int)):
-                loc, msg = loc + (m.group(1),), m.group(2)
-            elif m and e["type"] == "value_error" and m.group(1) not in {str(x) for x in loc}:
-                loc, msg = loc + (m.group(1),), m.group(2)
+            m = re.match(r"^([a-z_][a-z0-9_.\[\]]*): (.*)$", msg, re.S)
+            if m:
+                head = m.group(1)
+                parts = [int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]+", head) if p]
+                if loc and loc[-1] == parts[0]:
+                    parts = parts[1:]
+                loc, msg = loc + tuple(parts), m.group(2)
         problems.append(f"{format_path(loc)}: {msg}")
     return problems
 

@@ -241,15 +241,29 @@ class MockUpstream:
         start = self._response(model, "", prompt, 0, status="in_progress")
         start["output"] = []
         start["usage"] = None
-        events: list[tuple[str | None, dict]] = [("response.created", {"type": "response.created", "response": start,
-                                                                       "sequence_number": 0})]
+        item_id = self._id("msg")
+        seq = iter(range(10_000))
+        events: list[tuple[str | None, dict]] = []
+
+        def ev(name: str, **fields) -> None:
+            events.append((name, {"type": name, **fields, "sequence_number": next(seq)}))
+
+        ev("response.created", response=start)
+        ev("response.output_item.added", output_index=0,
+           item={"type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []})
+        ev("response.content_part.added", item_id=item_id, output_index=0, content_index=0,
+           part={"type": "output_text", "text": "", "annotations": []})
         for i, w in enumerate(words):
-            events.append(("response.output_text.delta", {
-                "type": "response.output_text.delta", "item_id": self._id("msg"), "output_index": 0,
-                "content_index": 0, "delta": w if i == 0 else " " + w, "sequence_number": i + 1, "logprobs": []}))
+            ev("response.output_text.delta", item_id=item_id, output_index=0, content_index=0,
+               delta=w if i == 0 else " " + w, logprobs=[])
+        ev("response.output_text.done", item_id=item_id, output_index=0, content_index=0, text=text, logprobs=[])
+        part = {"type": "output_text", "text": text, "annotations": []}
+        ev("response.content_part.done", item_id=item_id, output_index=0, content_index=0, part=part)
+        ev("response.output_item.done", output_index=0,
+           item={"type": "message", "id": item_id, "status": "completed", "role": "assistant", "content": [part]})
         done = self._response(model, text, prompt, len(words))
-        events.append(("response.completed", {"type": "response.completed", "response": done,
-                                              "sequence_number": len(words) + 1}))
+        done["output"][0]["id"] = item_id
+        ev("response.completed", response=done)
         await self._sse(send, events, chunk_delay, done=False)
 
     async def _sse(self, send, events, chunk_delay: float, done: bool) -> None:

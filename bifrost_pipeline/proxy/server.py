@@ -1,0 +1,74 @@
+"""Run the proxy on uvicorn (uvloop + httptools) with a graceful SIGTERM.
+
+On SIGTERM uvicorn stops accepting connections and lets in-flight requests (streams included) finish for up
+to ``proxy.shutdown_grace_s``; then the app's lifespan shutdown drains the landing queue and publishes every
+open segment. Only then does the process exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import socket
+import sys
+
+from bifrost_pipeline.config import AppConfig
+
+from .app import MOCK_PREFIX, ProxyApp
+
+log = logging.getLogger("bifrost_pipeline.proxy")
+
+
+def _install_uvloop() -> str:
+    try:
+        import uvloop  # noqa: F401
+
+        return "uvloop"
+    except ImportError:
+        return "asyncio"
+
+
+def serve(app_config: AppConfig, *, host: str | None = None, port: int | None = None,
+          mock_upstream: bool = False, log_level: str = "info") -> int:
+    import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host = host or app_config.proxy.host
+    port = app_config.proxy.port if port is None else port
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    port = sock.getsockname()[1]
+
+    app = ProxyApp(app_config, mock_upstream=mock_upstream)
+    if mock_upstream:
+        local = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+        app.use_mock_at(f"http://{local}:{port}{MOCK_PREFIX}/v1")
+    # If the process leaves without a lifespan shutdown (second signal), still publish what was written.
+    atexit.register(app.writer.close, 10.0)
+
+    config = uvicorn.Config(
+        app,
+        loop=_install_uvloop(),
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        timeout_graceful_shutdown=app_config.proxy.shutdown_grace_s,
+        timeout_keep_alive=30,
+        backlog=4096,
+    )
+    server = uvicorn.Server(config)
+    log.info("bifrost proxy on http://%s:%d (landing: %s%s)", host, port, app_config.landing_dir,
+             ", mock upstream" if mock_upstream else "")
+    print(f"bifrost-pipeline proxy listening on http://{host}:{port}", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        app.writer.close(10.0)
+    if app.writer.error is not None:
+        return 1
+    return 0 if server.started else 1
+
+
