@@ -8,9 +8,12 @@ open segment. Only then does the process exit.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
+import signal
 import socket
 import sys
+import threading
 
 from bifrost_pipeline.config import AppConfig
 
@@ -26,6 +29,28 @@ def _install_uvloop() -> str:
         return "uvloop"
     except ImportError:
         return "asyncio"
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a graceful SIGTERM/SIGINT ends in a normal exit (status 0 when every
+        record was published) instead of re-raising the signal once shut down."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def serve(app_config: AppConfig, *, host: str | None = None, port: int | None = None,
@@ -59,7 +84,7 @@ def serve(app_config: AppConfig, *, host: str | None = None, port: int | None = 
         timeout_keep_alive=30,
         backlog=4096,
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     log.info("bifrost proxy on http://%s:%d (landing: %s%s)", host, port, app_config.landing_dir,
              ", mock upstream" if mock_upstream else "")
     print(f"bifrost-pipeline proxy listening on http://{host}:{port}", flush=True)

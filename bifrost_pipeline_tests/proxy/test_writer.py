@@ -1,0 +1,117 @@
+"""The landing writer: rotation, hour routing, backpressure, refusal, crash recovery (in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pytest
+
+from bifrost_pipeline import landing
+from bifrost_pipeline.proxy.writer import LandingWriter, QueueFull
+
+H1 = datetime(2026, 1, 2, 13, tzinfo=UTC)
+H2 = datetime(2026, 1, 2, 14, tzinfo=UTC)
+
+
+def _lines(root):
+    out = []
+    for seg in landing.list_segments(root, H1.date()):
+        out += [json.loads(x) for x in seg.path.read_bytes().splitlines()]
+    return out
+
+
+def test_rotating_writer_rotates_by_size_and_routes_by_hour(tmp_path):
+    rw = landing.RotatingWriter(tmp_path, "t", max_bytes=1024, max_age_s=3600)
+    for i in range(100):
+        rw.write(H1 if i % 2 else H2, [json.dumps({"i": i, "pad": "x" * 40}).encode()])
+    assert not landing.list_segments(tmp_path, H1.date()) or all(
+        s.size >= 1024 for s in landing.list_segments(tmp_path, H1.date()))
+    rw.close()
+    segs = landing.list_segments(tmp_path, H1.date())
+    assert {s.hour for s in segs} == {13, 14} and len(segs) >= 6
+    assert sorted(r["i"] for r in _lines(tmp_path)) == list(range(100))
+    assert not list(tmp_path.rglob("*.part"))
+    assert rw.lines_published == 100
+
+
+def test_rotating_writer_rotates_by_age(tmp_path):
+    rw = landing.RotatingWriter(tmp_path, "t", max_bytes=10**9, max_age_s=60)
+    rw.write(H1, [b'{"a": 1}'])
+    rw.rotate_expired(datetime.now(UTC))
+    assert landing.list_segments(tmp_path, H1.date()) == []  # younger than 60 s: still open
+    rw.rotate_expired(datetime(2100, 1, 1, tzinfo=UTC))
+    assert len(landing.list_segments(tmp_path, H1.date())) == 1
+
+
+def _writer(tmp_path, size):
+    return LandingWriter(tmp_path, queue_size=size, segment_max_bytes=10**9, segment_max_age_s=3600,
+                         flush_interval_s=0.05)
+
+
+def test_backpressure_waits_for_the_writer_and_drop_excess_refuses(tmp_path):
+    async def scenario():
+        w = _writer(tmp_path, 2)
+        w.start(asyncio.get_running_loop())
+        await w.reserve(False)
+        await w.reserve(False)
+        with pytest.raises(QueueFull):
+            await w.reserve(True)  # drop_excess_requests: refused at once, and counted
+        assert w.refused == 1
+        third = asyncio.ensure_future(w.reserve(False))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not third.done() and w.waits == 1  # every slot is taken: the request waits
+        w.submit(H1, {"request_id": "r1"})  # the writer writes it, then hands its slot over
+        await asyncio.wait_for(third, 5)
+        w.submit(H1, {"request_id": "r2"})
+        w.submit(H1, {"request_id": "r3"})
+        await w.aclose()
+        return w
+
+    w = asyncio.run(scenario())
+    assert sorted(r["request_id"] for r in _lines(tmp_path)) == ["r1", "r2", "r3"]
+    assert w.written == 3 and not list(tmp_path.rglob("*.part"))
+
+
+def test_a_cancelled_waiter_gives_its_slot_back(tmp_path):
+    async def scenario():
+        w = _writer(tmp_path, 1)
+        w.start(asyncio.get_running_loop())
+        await w.reserve(False)
+        waiter = asyncio.ensure_future(w.reserve(False))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        w.release()
+        await asyncio.wait_for(w.reserve(False), 5)  # the slot went to a live caller, not the cancelled one
+        assert w.slots.free == 0 and not w.slots.waiters
+        w.release()
+        await w.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_recover_publishes_dead_writers_only(tmp_path):
+    hour = landing.hour_dir(tmp_path, H1)
+    hour.mkdir(parents=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        dead_pid = 2**22 + 12345  # above the default pid_max range: no such process
+        dead = hour / f".20260102T130000-proxy-{dead_pid}-aaaaaaaaaaaa.ndjson.part"
+        dead.write_bytes(b'{"a": 1}\n{"a": 2}\n{"a": 3, "cut')
+        alive = hour / f".20260102T130000-proxy-{live.pid}-bbbbbbbbbbbb.ndjson.part"
+        alive.write_bytes(b'{"b": 1}\n')
+        empty = hour / f".20260102T130000-proxy-{dead_pid}-cccccccccccc.ndjson.part"
+        empty.write_bytes(b'{"partial')
+        published = landing.recover_dead_writers(tmp_path)
+        assert [p.name for p in published] == [f"20260102T130000-proxy-{dead_pid}-aaaaaaaaaaaa.ndjson"]
+        assert published[0].read_bytes() == b'{"a": 1}\n{"a": 2}\n'  # cut at the last complete line
+        assert alive.exists() and not empty.exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert os.path.exists(alive)
