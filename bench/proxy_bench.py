@@ -1,0 +1,321 @@
+"""Proxy benchmark (issue 3): the latency the ingestion proxy adds, beside LiteLLM's, on loopback.
+
+Three targets serve the same request (a small non-streamed chat completion) from the same built-in mock
+upstream (no delay): the mock directly, our proxy in front of it, and the LiteLLM proxy (one worker, from
+its own venv) in front of it. Each target gets an open-loop load at a fixed rate (default 200 and then 500
+requests/s, 10 s each after a short warm-up) from a separate load-generator process: an asyncio client on
+uvloop with raw HTTP/1.1 keep-alive connections, so that the client costs little. Latency is measured per
+request from the moment it is written to the moment its response is fully read; the client also reports how
+late it sent requests against the schedule, so an overloaded client is visible.
+
+"Added latency" is the target's percentile minus the direct percentile in the same run (a difference of
+percentiles, not a percentile of differences). Everything runs on the same 2-core machine: the mock, the
+proxy under test and the load generator compete for the CPU, as they would in any loopback benchmark.
+
+At the end our proxy is stopped with SIGTERM and the records in its landing zone are counted against the
+requests it was sent (all of them, warm-up included).
+
+    .venv/bin/python bench/proxy_bench.py [--rates 200 500] [--duration 10] [--no-litellm]
+
+Loops are bounded (rate x duration requests per target and rate; per-request timeout) and every server is
+started on 127.0.0.1 and stopped by its process id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+LITELLM_VENV = OUT / ".litellm-venv"
+MASTER_KEY = "sk-bench-master-0123456789abcdef"
+BODY = json.dumps(
+    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello to the benchmark."}]}
+).encode()
+
+
+# --- load generator (runs in its own process) ---------------------------------------------------------------
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = None
+    chunked = False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    elif length:
+        await reader.readexactly(length)
+    return status
+
+
+async def _loadgen(url: str, rate: float, duration: float, timeout: float, headers: dict[str, str]) -> dict:
+    host, port = url.split("//")[1].split(":")
+    port = int(port)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(BODY)}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    ).encode()
+    request = head + BODY
+    n = int(rate * duration)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    latencies: list[float] = []
+    lags: list[float] = []
+    statuses: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.2
+
+    async def one(i: int) -> None:
+        scheduled = start + i / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lags.append(max(0.0, loop.time() - scheduled))
+        conn = None
+        try:
+            conn = idle.pop() if idle else await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            sent = time.perf_counter()
+            conn[1].write(request)
+            status = await asyncio.wait_for(_read_response(conn[0]), timeout)
+            elapsed = time.perf_counter() - sent
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+            if status == 200:
+                latencies.append(elapsed)
+            idle.append(conn)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as err:
+            key = "timeout" if isinstance(err, TimeoutError) else type(err).__name__
+            statuses[key] = statuses.get(key, 0) + 1
+            if conn is not None:
+                conn[1].close()
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    for _, w in idle:
+        w.close()
+    return {"sent": n, "ok": len(latencies), "latencies": latencies, "statuses": statuses,
+            "lag_p99_ms": _pct(lags, 99) * 1000 if lags else 0.0}
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]  # nearest rank
+
+
+def loadgen_main(args: argparse.Namespace) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    headers = json.loads(args.headers)
+    res = asyncio.run(_loadgen(args.loadgen, args.rate, args.duration, args.timeout, headers))
+    print(json.dumps(res))
+
+
+def run_load(url: str, rate: float, duration: float, headers: dict[str, str], timeout: float = 10.0) -> dict:
+    cmd = [sys.executable, __file__, "--loadgen", url, "--rate", str(rate), "--duration", str(duration),
+           "--timeout", str(timeout), "--headers", json.dumps(headers)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + timeout + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+# --- servers --------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> int:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
+
+
+def ensure_litellm() -> Path | None:
+    exe = LITELLM_VENV / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    print(f"installing litellm[proxy] into {LITELLM_VENV} (once; a few minutes) ...", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+    r = subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"])
+    if r.returncode != 0 or not exe.exists():
+        print("could not install litellm[proxy]: the LiteLLM column is left out", flush=True)
+        return None
+    return exe
+
+
+# --- the benchmark --------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rates", type=float, nargs="+", default=[200, 500])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per target and rate")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--no-litellm", action="store_true")
+    p.add_argument("--loadgen", help=argparse.SUPPRESS)
+    p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    p.add_argument("--headers", default="{}", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.loadgen:
+        loadgen_main(args)
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        mock_port, proxy_port = free_port(), free_port()
+        mock = start([sys.executable, "-m", "bifrost_pipeline.proxy.mock", "--port", str(mock_port)],
+                     work / "mock.log", cwd=ROOT)
+        procs.append(mock)
+        mock_url = f"http://127.0.0.1:{mock_port}"
+        wait_http(mock_url + "/health", 30, mock, work / "mock.log")
+
+        landing = work / "landing"
+        cfg = work / "proxy.json"
+        cfg.write_text(json.dumps({
+            "providers": {"openai": {"base_url": mock_url + "/v1", "api_key": "sk-bench", "models": ["gpt-4o-mini"]}},
+            "client": {"logging_headers": ["x-tenant-id"]},
+            "landing": {"path": str(landing)},
+        }))
+        proxy = start([sys.executable, "-m", "bifrost_pipeline.proxy", "--config", str(cfg), "--port",
+                       str(proxy_port), "--log-level", "warning"], work / "proxy.log", cwd=ROOT)
+        procs.append(proxy)
+        proxy_url = f"http://127.0.0.1:{proxy_port}"
+        wait_http(proxy_url + "/health", 30, proxy, work / "proxy.log")
+
+        targets = {"direct (mock)": (mock_url, {}), "bifrost proxy": (proxy_url, {"x-tenant-id": "bench"})}
+        litellm_version = None
+        if not args.no_litellm:
+            exe = ensure_litellm()
+            if exe is not None:
+                ll_port = free_port()
+                (work / "litellm.yaml").write_text(
+                    "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n"
+                    f"      model: openai/gpt-4o-mini\n      api_base: {mock_url}/v1\n      api_key: sk-bench\n"
+                    "litellm_settings:\n  telemetry: false\n")
+                ll = start([str(exe), "--config", str(work / "litellm.yaml"), "--host", "127.0.0.1", "--port",
+                            str(ll_port), "--num_workers", "1"], work / "litellm.log",
+                           env={"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOG": "ERROR"}, cwd=work)
+                procs.append(ll)
+                ll_url = f"http://127.0.0.1:{ll_port}"
+                wait_http(ll_url + "/health/liveliness", 120, ll, work / "litellm.log")
+                targets["litellm proxy"] = (ll_url, {"authorization": f"Bearer {MASTER_KEY}"})
+                v = subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c",
+                                    "import importlib.metadata as m; print(m.version('litellm'))"],
+                                   capture_output=True, text=True)
+                litellm_version = v.stdout.strip()
+
+        sent_to_proxy = 0
+        results: list[tuple[float, str, dict]] = []
+        for rate in args.rates:
+            for name, (url, headers) in targets.items():
+                warm = run_load(url, min(rate, 100), args.warmup, headers)
+                res = run_load(url, rate, args.duration, headers)
+                if name == "bifrost proxy":
+                    sent_to_proxy += warm["sent"] + res["sent"]
+                results.append((rate, name, res))
+                print(f"  {name:14s} @ {rate:.0f}/s: {res['ok']}/{res['sent']} ok", flush=True)
+
+        code = stop(proxy)  # graceful: drains the landing queue and publishes every segment
+        landed = 0
+        for seg in landing.glob("date=*/hour=*/*.ndjson"):
+            landed += sum(1 for line in seg.read_bytes().splitlines() if line.strip())
+        parts = list(landing.rglob("*.part"))
+
+        print()
+        print(f"Proxy benchmark on loopback ({os.cpu_count()} cores), non-streamed chat completion, mock upstream "
+              f"with no delay, {args.duration:.0f} s per target and rate, open loop at a fixed rate.")
+        if litellm_version:
+            print(f"LiteLLM {litellm_version}, one worker, no database.")
+        print()
+        header = (f"{'rate/s':>6}  {'target':14s} {'ok/sent':>11}  {'p50 ms':>7} {'p99 ms':>7}  "
+                  f"{'added p50':>9} {'added p99':>9}  {'client lag p99':>14}")
+        print(header)
+        print("-" * len(header))
+        for rate in args.rates:
+            rows = [(n, r) for (rt, n, r) in results if rt == rate]
+            direct = dict(rows)["direct (mock)"]
+            d50, d99 = _pct(direct["latencies"], 50) * 1000, _pct(direct["latencies"], 99) * 1000
+            for name, r in rows:
+                p50, p99 = _pct(r["latencies"], 50) * 1000, _pct(r["latencies"], 99) * 1000
+                added = ("" if name.startswith("direct") else f"{p50 - d50:+9.2f} {p99 - d99:+9.2f}")
+                print(f"{rate:6.0f}  {name:14s} {r['ok']:>5}/{r['sent']:<5}  {p50:7.2f} {p99:7.2f}  "
+                      f"{added:>19}  {r['lag_p99_ms']:11.2f} ms")
+                other = {k: v for k, v in r["statuses"].items() if k != "200"}
+                if other:
+                    print(f"{'':8}{'':14} not ok: {other}")
+        print()
+        print(f"records landed by the bifrost proxy: {landed} of {sent_to_proxy} requests sent "
+              f"({'all landed' if landed == sent_to_proxy else 'MISSING ' + str(sent_to_proxy - landed)}); "
+              f"exit status after SIGTERM {code}; .part files left: {len(parts)}")
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        if os.environ.get("BENCH_KEEP") is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
+
+
+if __name__ == "__main__":
+    main()
