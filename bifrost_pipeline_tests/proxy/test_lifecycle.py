@@ -242,3 +242,16 @@ def test_landed_segments_are_read_by_the_pipeline(proxy_env):
     got = df.filter(pl.col("request_id").is_in(ids))
     assert got.height == 3 and set(got["status"].to_list()) == {"success"}
     assert got["metadata"].str.contains('"case"').all()
+
+
+def test_demo_traffic_lands_records(tmp_path):
+    from bifrost_pipeline.config import parse_config
+    from bifrost_pipeline.proxy.demo import send_demo_traffic
+
+    app = parse_config({"landing": {"path": str(tmp_path / "landing")}}, env={}, base_dir=tmp_path)
+    assert send_demo_traffic(app, 20) == 20
+    recs = landed(tmp_path / "landing")
+    assert len(recs) == 20 and not list((tmp_path / "landing").rglob("*.part"))
+    assert {r["status"] for r in recs} == {"success", "error"}
+    assert {r["provider"] for r in recs} >= {"openai", "anthropic"}
+    assert all(r["metadata"]["source"] == "demo" for r in recs)
