@@ -343,11 +343,13 @@ class ProxyApp:
                     skipped += 1
                     continue
                 try:
+                    if "error" in span:
+                        raise ValueError(span["error"])
                     rec = otlp.span_to_record(span, customer_id=customer, content=self.content,
                                               pricing=self.pricing)
                     problems = intake.check_record(rec)
                 except Exception as err:  # a span we cannot read is reported, not fatal
-                    problems = [{"path": "(span)", "reason": f"{type(err).__name__}: {err}"}]
+                    problems = [{"path": "(span)", "reason": str(err)}]
                 if problems:
                     rejected += 1
                     reasons.append(f"span {span['span_id']}: {problems[0]['path']}: {problems[0]['reason']}")

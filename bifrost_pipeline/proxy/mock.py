@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     app = MockUpstream(delay_ms=args.delay_ms, error_rate=args.error_rate)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                loop="uvloop", http="httptools", lifespan="on")
+                loop="uvloop", http="httptools", lifespan="on", timeout_keep_alive=75)
 
 
 if __name__ == "__main__":

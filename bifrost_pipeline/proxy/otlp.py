@@ -104,6 +104,22 @@ def decode_protobuf(body: bytes) -> list[dict]:
 _STATUS_NAMES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
 
 
+def _json_span(s: dict, resource: dict) -> dict:
+    status = s.get("status") or {}
+    code = status.get("code", 0)
+    return {
+        "name": s.get("name", ""),
+        "trace_id": str(s.get("traceId", s.get("trace_id", ""))).lower(),
+        "span_id": str(s.get("spanId", s.get("span_id", ""))).lower(),
+        "start_ns": int(s.get("startTimeUnixNano", s.get("start_time_unix_nano", 0)) or 0),
+        "end_ns": int(s.get("endTimeUnixNano", s.get("end_time_unix_nano", 0)) or 0),
+        "status_code": _STATUS_NAMES.get(code, 0) if isinstance(code, str) else int(code),
+        "status_message": status.get("message", ""),
+        "attributes": {kv["key"]: _any_json(kv.get("value")) for kv in s.get("attributes") or []},
+        "resource": resource,
+    }
+
+
 def decode_json(body: bytes) -> list[dict]:
     doc = orjson.loads(body)
     if not isinstance(doc, dict):
@@ -113,21 +129,12 @@ def decode_json(body: bytes) -> list[dict]:
         resource = {kv["key"]: _any_json(kv.get("value")) for kv in (rs.get("resource") or {}).get("attributes", [])}
         for ss in rs.get("scopeSpans") or rs.get("scope_spans") or []:
             for s in ss.get("spans") or []:
-                status = s.get("status") or {}
-                code = status.get("code", 0)
-                spans.append(
-                    {
-                        "name": s.get("name", ""),
-                        "trace_id": str(s.get("traceId", s.get("trace_id", ""))).lower(),
-                        "span_id": str(s.get("spanId", s.get("span_id", ""))).lower(),
-                        "start_ns": int(s.get("startTimeUnixNano", s.get("start_time_unix_nano", 0)) or 0),
-                        "end_ns": int(s.get("endTimeUnixNano", s.get("end_time_unix_nano", 0)) or 0),
-                        "status_code": _STATUS_NAMES.get(code, code) if isinstance(code, str) else int(code),
-                        "status_message": status.get("message", ""),
-                        "attributes": {kv["key"]: _any_json(kv.get("value")) for kv in s.get("attributes") or []},
-                        "resource": resource,
-                    }
-                )
+                try:
+                    spans.append(_json_span(s, resource))
+                except (TypeError, ValueError, KeyError, AttributeError) as err:
+                    # One unreadable span is reported (OTLP partial_success), not the whole batch.
+                    span_id = str(s.get("spanId", "")) if isinstance(s, dict) else ""
+                    spans.append({"span_id": span_id, "error": f"unreadable span: {type(err).__name__}: {err}"})
     return spans
 
 
@@ -192,6 +199,8 @@ def _content(v: Any) -> str | None:
 
 
 def is_genai(span: dict) -> bool:
+    if "error" in span:
+        return True  # an unreadable span is reported as rejected, not skipped
     a = span["attributes"]
     return any(k.startswith("gen_ai.") for k in a) or span["name"].startswith("gen_ai.")
 

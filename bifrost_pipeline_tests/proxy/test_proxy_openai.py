@@ -137,7 +137,7 @@ def test_streaming_chat_client_asked_for_usage(client, proxy_env):
 
 
 @pytest.mark.parametrize("kind", ["completions", "completions_stream", "responses", "responses_stream",
-                                  "embeddings", "speech", "transcription"])
+                                  "embeddings", "speech", "transcription", "transcription_stream"])
 def test_request_types(client, proxy_env, kind):
     if kind == "completions":
         raw = client.completions.with_raw_response.create(model="gpt-4o-mini", prompt="say hi", max_tokens=4)
@@ -166,6 +166,12 @@ def test_request_types(client, proxy_env, kind):
         raw = client.audio.speech.with_raw_response.create(model="tts-1", voice="alloy", input="hello")
         assert raw.content[:3] == b"ID3"
         expect = ("speech", "/v1/audio/speech", False, None, None)
+    elif kind == "transcription_stream":
+        raw = client.audio.transcriptions.with_raw_response.create(
+            model="whisper-1", file=("a.wav", b"\x00" * 1000, "audio/wav"), stream=True)
+        events = list(raw.parse())
+        assert events[-1].type == "transcript.text.done" and events[-1].text == "mock transcription of 1000 bytes"
+        expect = ("transcription", "/v1/audio/transcriptions", True, 10, 5)
     else:
         raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1",
                                                                    file=("a.wav", b"\x00" * 1000, "audio/wav"))
@@ -180,7 +186,7 @@ def test_request_types(client, proxy_env, kind):
     if kind == "speech":
         assert json.loads(rec["input_content"]) == "hello"
         assert json.loads(rec["output_content"])["audio_bytes"] == 1027
-    if kind == "transcription":
+    if kind.startswith("transcription"):
         assert json.loads(rec["input_content"])["file"] == {"name": "a.wav", "bytes": 1000, "content_type": "audio/wav"}
     if kind.endswith("_stream"):
         assert rec["time_to_first_token_ms"] is not None
