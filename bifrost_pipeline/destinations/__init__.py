@@ -12,6 +12,7 @@ from bifrost_pipeline.destinations.base import Destination
 _MODULES = {
     "local": "bifrost_pipeline.destinations.local:LocalDestination",
     "duckdb": "bifrost_pipeline.destinations.duckdb:DuckDBDestination",
+    "sql": "bifrost_pipeline.destinations.sql:SQLDestination",
 }
 
 
