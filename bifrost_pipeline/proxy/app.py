@@ -158,6 +158,7 @@ class ProxyApp:
             segment_max_age_s=self.proxy.segment_max_age_s,
             flush_interval_s=self.proxy.flush_interval_s,
             on_landed=self.metrics.records_landed.inc,
+            on_wait=self.metrics.queue_waits.inc,
         )
         self.session: aiohttp.ClientSession | None = None
         self.inflight = 0

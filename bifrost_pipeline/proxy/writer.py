@@ -87,6 +87,7 @@ class LandingWriter:
         flush_interval_s: float,
         source: str = "proxy",
         on_landed: Callable[[int], None] | None = None,
+        on_wait: Callable[[], None] | None = None,
     ):
         self.root = Path(root)
         self.slots = Slots(queue_size)
@@ -95,6 +96,7 @@ class LandingWriter:
             self.root, source, max_bytes=segment_max_bytes, max_age_s=segment_max_age_s
         )
         self.on_landed = on_landed
+        self.on_wait = on_wait
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self.batch_interval_s = min(BATCH_INTERVAL_S, flush_interval_s)
@@ -147,6 +149,8 @@ class LandingWriter:
             log.warning("landing queue full (%d records): request refused with 429", self.slots.size)
             raise QueueFull()
         self.waits += 1
+        if self.on_wait is not None:
+            self.on_wait()
         if self.waits == 1 or self.waits % 1000 == 0:
             log.warning("landing queue full (%d records): requests wait for the writer (%d so far)",
                         self.slots.size, self.waits)

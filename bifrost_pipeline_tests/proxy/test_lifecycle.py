@@ -90,6 +90,35 @@ def test_queue_full_answers_429_when_drop_excess_requests(strict_proxy, mock_ups
     client.embeddings.create(model="text-embedding-3-small", input="x", extra_headers={"X-Tenant-ID": "t"})
 
 
+def test_queue_full_applies_backpressure_by_default(tmp_path, mock_upstream, log_dir):
+    """queue_size 1 without drop_excess_requests: the second request waits for the slot, then succeeds."""
+    cfg = write_config(tmp_path / "config.json", tmp_path / "landing", mock_upstream.url, proxy={"queue_size": 1})
+    server = start_proxy("proxy-backpressure", cfg, log_dir)
+    try:
+        client = _client(server.url)
+        marker = uuid.uuid4().hex
+        stream_done = threading.Event()
+
+        def long_stream():
+            list(client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True,
+                extra_headers={"x-marker": marker, "x-mock-chunks": "30", "x-mock-chunk-delay-ms": "20"}))
+            stream_done.set()
+
+        t = threading.Thread(target=long_stream)
+        t.start()
+        wait_for(lambda: [r for r in mock_requests(mock_upstream) if r["headers"].get("x-marker") == marker], 5,
+                 "the stream to reach the upstream")
+        raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input="waits")
+        assert stream_done.is_set()  # it was answered only once the stream had ended and freed the slot
+        t.join(10)
+        rec = record_of(tmp_path / "landing", raw.headers["x-request-id"])
+        assert rec["status"] == "success"
+        assert "bifrost_proxy_queue_full_waits_total 1.0" in httpx.get(server.url + "/metrics").text
+    finally:
+        server.stop()
+
+
 def test_sigterm_finishes_in_flight_requests_and_lands_every_record(tmp_path, mock_upstream, log_dir):
     landing_dir = tmp_path / "landing"
     cfg = write_config(tmp_path / "config.json", landing_dir, mock_upstream.url,

@@ -48,14 +48,16 @@ def test_rotating_writer_rotates_by_age(tmp_path):
     assert len(landing.list_segments(tmp_path, H1.date())) == 1
 
 
-def _writer(tmp_path, size):
+def _writer(tmp_path, size, on_wait=None):
     return LandingWriter(tmp_path, queue_size=size, segment_max_bytes=10**9, segment_max_age_s=3600,
-                         flush_interval_s=0.05)
+                         flush_interval_s=0.05, on_wait=on_wait)
 
 
 def test_backpressure_waits_for_the_writer_and_drop_excess_refuses(tmp_path):
+    waits = []
+
     async def scenario():
-        w = _writer(tmp_path, 2)
+        w = _writer(tmp_path, 2, on_wait=lambda: waits.append(1))
         w.start(asyncio.get_running_loop())
         await w.reserve(False)
         await w.reserve(False)
@@ -65,7 +67,7 @@ def test_backpressure_waits_for_the_writer_and_drop_excess_refuses(tmp_path):
         third = asyncio.ensure_future(w.reserve(False))
         for _ in range(5):
             await asyncio.sleep(0)
-        assert not third.done() and w.waits == 1  # every slot is taken: the request waits
+        assert not third.done() and w.waits == 1 and waits == [1]  # every slot is taken: the request waits
         w.submit(H1, {"request_id": "r1"})  # the writer writes it, then hands its slot over
         await asyncio.wait_for(third, 5)
         w.submit(H1, {"request_id": "r2"})
