@@ -218,8 +218,10 @@ class ProxyApp:
                 return
 
     async def startup(self) -> None:
+        # Idle upstream connections are dropped after 4 s, before servers with short keep-alive timeouts
+        # (uvicorn's default is 5 s) close them under a request.
         connector = aiohttp.TCPConnector(limit=self.client.initial_pool_size, ttl_dns_cache=300,
-                                         keepalive_timeout=30)
+                                         keepalive_timeout=4)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                              skip_auto_headers=("User-Agent",))
         recovered = self.writer.start(asyncio.get_running_loop())
@@ -516,7 +518,12 @@ class ProxyApp:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=target.timeout_s, sock_read=target.timeout_s)
         t_up = time.perf_counter()
         try:
-            resp = await self.session.post(target.url(path), data=body, headers=fwd, timeout=timeout)
+            try:
+                resp = await self.session.post(target.url(path), data=body, headers=fwd, timeout=timeout)
+            except aiohttp.ServerDisconnectedError:
+                # A pooled connection the provider closed while it sat idle: the request got no answer at
+                # all, so it is sent once more on a new connection (as HTTP clients do for a reused one).
+                resp = await self.session.post(target.url(path), data=body, headers=fwd, timeout=timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             return await self._upstream_failed(send, rec, 504, "timeout",
                                                f"provider {rec['provider']} did not answer within {target.timeout_s}s"), None, time.perf_counter() - t_up, ""
