@@ -13,6 +13,7 @@ _MODULES = {
     "local": "bifrost_pipeline.destinations.local:LocalDestination",
     "duckdb": "bifrost_pipeline.destinations.duckdb:DuckDBDestination",
     "sql": "bifrost_pipeline.destinations.sql:SQLDestination",
+    "snowflake": "bifrost_pipeline.destinations.snowflake:SnowflakeDestination",
 }
 
 
