@@ -181,3 +181,30 @@ def test_traces_garbage(proxy_env):
     r = httpx.post(proxy_env["url"] + "/v1/traces", content=b"\xff\x00garbage",
                    headers={"content-type": "application/x-protobuf"})
     assert r.status_code == 400
+
+
+def test_traces_gzip_protobuf(proxy_env):
+    import gzip
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    req = ExportTraceServiceRequest()
+    span = req.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id = uuid.uuid4().bytes
+    span.span_id = b"\x01" * 8
+    span.name = "chat claude-3-haiku"
+    span.start_time_unix_nano = time.time_ns() - 10_000_000
+    span.end_time_unix_nano = time.time_ns()
+    for key, value in {"gen_ai.operation.name": "chat", "gen_ai.system": "anthropic",
+                       "gen_ai.request.model": "claude-3-haiku"}.items():
+        span.attributes.append(KeyValue(key=key, value=AnyValue(string_value=value)))
+    span.attributes.append(KeyValue(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=4)))
+    r = httpx.post(proxy_env["url"] + "/v1/traces", content=gzip.compress(req.SerializeToString()),
+                   headers={"content-type": "application/x-protobuf", "content-encoding": "gzip"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-protobuf"
+    trace_id = span.trace_id.hex()
+    (rec,) = wait_for(lambda: [x for x in landed(proxy_env["landing"])
+                               if (x["metadata"] or {}).get("trace_id") == trace_id], 5, "the gzip OTLP record")
+    assert (rec["provider"], rec["model"], rec["input_tokens"], rec["output_tokens"]) == (
+        "anthropic", "claude-3-haiku", 4, None)

@@ -30,7 +30,8 @@ def strict_proxy(tmp_path_factory, mock_upstream, log_dir):
     cfg = write_config(base / "config.json", base / "landing", mock_upstream.url,
                        client={"required_headers": ["X-Tenant-ID"], "disable_content_logging": True,
                                "drop_excess_requests": True},
-                       proxy={"queue_size": 1})
+                       proxy={"queue_size": 1,
+                              "pricing": {"gpt-4o-mini": {"input_per_million": 1000, "output_per_million": 2000}}})
     server = start_proxy("proxy-strict", cfg, log_dir)
     yield {"url": server.url, "landing": base / "landing", "server": server}
     server.stop()
@@ -57,6 +58,26 @@ def test_content_logging_off_keeps_usage_and_metadata(strict_proxy):
     assert rec["input_tokens"] == 3 and rec["output_tokens"] > 0 and rec["cost_usd"] > 0
     text = "".join(p.read_text() for p in strict_proxy["landing"].rglob("*.ndjson"))
     assert "a secret prompt" not in text and "mock reply" not in text
+
+
+def test_pricing_override_from_config(strict_proxy):
+    raw = _client(strict_proxy["url"]).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "one two"}], extra_headers={"X-Tenant-ID": "a"})
+    usage = raw.parse().usage
+    rec = record_of(strict_proxy["landing"], raw.headers["x-request-id"])
+    assert rec["cost_usd"] == pytest.approx((usage.prompt_tokens * 1000 + usage.completion_tokens * 2000) / 1e6)
+
+
+def test_intake_blanks_content_when_content_logging_is_off(strict_proxy):
+    rid = str(uuid.uuid4())
+    rec = {"schema_version": "1", "timestamp": datetime.now(UTC).isoformat(), "request_id": rid,
+           "customer_id": "c", "provider": "p", "model": "m", "endpoint": "/v1/chat/completions",
+           "method": "POST", "request_type": "chat", "stream": False, "status": "success", "status_code": 200,
+           "latency_ms": 5, "input_content": '"private"', "output_content": '"private too"'}
+    r = httpx.post(strict_proxy["url"] + "/v1/logs", content=json.dumps(rec).encode())
+    assert r.json()["accepted"] == 1
+    got = record_of(strict_proxy["landing"], rid)
+    assert got["input_content"] is None and got["output_content"] is None and got["latency_ms"] == 5
 
 
 def test_queue_full_answers_429_when_drop_excess_requests(strict_proxy, mock_upstream):
