@@ -98,7 +98,9 @@ async def _loadgen(url: str, rate: float, duration: float, timeout: float, heade
         conn = None
         try:
             reused = bool(idle)
-            conn = idle.pop() if idle else await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            conn = (
+                idle.pop() if idle else await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            )
             sent = time.perf_counter()
             conn[1].write(request)
             try:
@@ -127,8 +129,13 @@ async def _loadgen(url: str, rate: float, duration: float, timeout: float, heade
     await asyncio.gather(*(one(i) for i in range(n)))
     for _, w in idle:
         w.close()
-    return {"sent": n, "ok": len(latencies), "latencies": latencies, "statuses": statuses,
-            "lag_p99_ms": _pct(lags, 99) * 1000 if lags else 0.0}
+    return {
+        "sent": n,
+        "ok": len(latencies),
+        "latencies": latencies,
+        "statuses": statuses,
+        "lag_p99_ms": _pct(lags, 99) * 1000 if lags else 0.0,
+    }
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -151,8 +158,20 @@ def loadgen_main(args: argparse.Namespace) -> None:
 
 
 def run_load(url: str, rate: float, duration: float, headers: dict[str, str], timeout: float = 10.0) -> dict:
-    cmd = [sys.executable, __file__, "--loadgen", url, "--rate", str(rate), "--duration", str(duration),
-           "--timeout", str(timeout), "--headers", json.dumps(headers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--loadgen",
+        url,
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+        "--timeout",
+        str(timeout),
+        "--headers",
+        json.dumps(headers),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + timeout + 60)
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
@@ -186,8 +205,14 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> No
 
 
 def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.Popen(
+        cmd,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> int:
@@ -243,8 +268,13 @@ def ensure_litellm() -> Path | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rates", type=float, nargs="+", default=[50, 200, 500],
-                   help="requests/s (50: a rate LiteLLM sustains on one core; 200 and 500: issue 3's)")
+    p.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[50, 200, 500],
+        help="requests/s (50: a rate LiteLLM sustains on one core; 200 and 500: issue 3's)",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per target and rate")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--no-litellm", action="store_true")
@@ -261,21 +291,47 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     try:
         mock_port, proxy_port = free_port(), free_port()
-        mock = start([sys.executable, "-m", "bifrost_pipeline.proxy.mock", "--port", str(mock_port)],
-                     work / "mock.log", cwd=ROOT)
+        mock = start(
+            [sys.executable, "-m", "bifrost_pipeline.proxy.mock", "--port", str(mock_port)],
+            work / "mock.log",
+            cwd=ROOT,
+        )
         procs.append(mock)
         mock_url = f"http://127.0.0.1:{mock_port}"
         wait_http(mock_url + "/health", 30, mock, work / "mock.log")
 
         landing = work / "landing"
         cfg = work / "proxy.json"
-        cfg.write_text(json.dumps({
-            "providers": {"openai": {"base_url": mock_url + "/v1", "api_key": "sk-bench", "models": ["gpt-4o-mini"]}},
-            "client": {"logging_headers": ["x-tenant-id"]},
-            "landing": {"path": str(landing)},
-        }))
-        proxy = start([sys.executable, "-m", "bifrost_pipeline.proxy", "--config", str(cfg), "--port",
-                       str(proxy_port), "--log-level", "warning"], work / "proxy.log", cwd=ROOT)
+        cfg.write_text(
+            json.dumps(
+                {
+                    "providers": {
+                        "openai": {
+                            "base_url": mock_url + "/v1",
+                            "api_key": "sk-bench",
+                            "models": ["gpt-4o-mini"],
+                        }
+                    },
+                    "client": {"logging_headers": ["x-tenant-id"]},
+                    "landing": {"path": str(landing)},
+                }
+            )
+        )
+        proxy = start(
+            [
+                sys.executable,
+                "-m",
+                "bifrost_pipeline.proxy",
+                "--config",
+                str(cfg),
+                "--port",
+                str(proxy_port),
+                "--log-level",
+                "warning",
+            ],
+            work / "proxy.log",
+            cwd=ROOT,
+        )
         procs.append(proxy)
         proxy_url = f"http://127.0.0.1:{proxy_port}"
         wait_http(proxy_url + "/health", 30, proxy, work / "proxy.log")
@@ -289,17 +345,37 @@ def main() -> None:
                 (work / "litellm.yaml").write_text(
                     "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n"
                     f"      model: openai/gpt-4o-mini\n      api_base: {mock_url}/v1\n      api_key: sk-bench\n"
-                    "litellm_settings:\n  telemetry: false\n")
-                ll = start([str(exe), "--config", str(work / "litellm.yaml"), "--host", "127.0.0.1", "--port",
-                            str(ll_port), "--num_workers", "1"], work / "litellm.log",
-                           env={"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOG": "ERROR"}, cwd=work)
+                    "litellm_settings:\n  telemetry: false\n"
+                )
+                ll = start(
+                    [
+                        str(exe),
+                        "--config",
+                        str(work / "litellm.yaml"),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(ll_port),
+                        "--num_workers",
+                        "1",
+                    ],
+                    work / "litellm.log",
+                    env={"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOG": "ERROR"},
+                    cwd=work,
+                )
                 procs.append(ll)
                 ll_url = f"http://127.0.0.1:{ll_port}"
                 wait_http(ll_url + "/health/liveliness", 120, ll, work / "litellm.log")
                 targets["litellm proxy"] = (ll_url, {"authorization": f"Bearer {MASTER_KEY}"})
-                v = subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c",
-                                    "import importlib.metadata as m; print(m.version('litellm'))"],
-                                   capture_output=True, text=True)
+                v = subprocess.run(
+                    [
+                        str(LITELLM_VENV / "bin" / "python"),
+                        "-c",
+                        "import importlib.metadata as m; print(m.version('litellm'))",
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 litellm_version = v.stdout.strip()
 
         sent_to_proxy = 0
@@ -325,13 +401,17 @@ def main() -> None:
         parts = list(landing.rglob("*.part"))
 
         print()
-        print(f"Proxy benchmark on loopback ({os.cpu_count()} cores), non-streamed chat completion, mock upstream "
-              f"with no delay, {args.duration:.0f} s per target and rate, open loop at a fixed rate.")
+        print(
+            f"Proxy benchmark on loopback ({os.cpu_count()} cores), non-streamed chat completion, mock upstream "
+            f"with no delay, {args.duration:.0f} s per target and rate, open loop at a fixed rate."
+        )
         if litellm_version:
             print(f"LiteLLM {litellm_version}, one worker, no database.")
         print()
-        header = (f"{'rate/s':>6}  {'target':14s} {'ok/sent':>11}  {'p50 ms':>7} {'p99 ms':>7}  "
-                  f"{'added p50':>9} {'added p99':>9}  {'client lag p99':>14}")
+        header = (
+            f"{'rate/s':>6}  {'target':14s} {'ok/sent':>11}  {'p50 ms':>7} {'p99 ms':>7}  "
+            f"{'added p50':>9} {'added p99':>9}  {'client lag p99':>14}"
+        )
         print(header)
         print("-" * len(header))
         for rate in args.rates:
@@ -340,16 +420,20 @@ def main() -> None:
             d50, d99 = _pct(direct["latencies"], 50) * 1000, _pct(direct["latencies"], 99) * 1000
             for name, r in rows:
                 p50, p99 = _pct(r["latencies"], 50) * 1000, _pct(r["latencies"], 99) * 1000
-                added = ("" if name.startswith("direct") else f"{p50 - d50:+9.2f} {p99 - d99:+9.2f}")
-                print(f"{rate:6.0f}  {name:14s} {r['ok']:>5}/{r['sent']:<5}  {p50:7.2f} {p99:7.2f}  "
-                      f"{added:>19}  {r['lag_p99_ms']:11.2f} ms")
+                added = "" if name.startswith("direct") else f"{p50 - d50:+9.2f} {p99 - d99:+9.2f}"
+                print(
+                    f"{rate:6.0f}  {name:14s} {r['ok']:>5}/{r['sent']:<5}  {p50:7.2f} {p99:7.2f}  "
+                    f"{added:>19}  {r['lag_p99_ms']:11.2f} ms"
+                )
                 other = {k: v for k, v in r["statuses"].items() if k != "200"}
                 if other:
                     print(f"{'':8}{'':14} not ok: {other}")
         print()
-        print(f"records landed by the bifrost proxy: {landed} of {sent_to_proxy} requests sent "
-              f"({'all landed' if landed == sent_to_proxy else 'MISSING ' + str(sent_to_proxy - landed)}); "
-              f"exit status after SIGTERM {code}; .part files left: {len(parts)}")
+        print(
+            f"records landed by the bifrost proxy: {landed} of {sent_to_proxy} requests sent "
+            f"({'all landed' if landed == sent_to_proxy else 'MISSING ' + str(sent_to_proxy - landed)}); "
+            f"exit status after SIGTERM {code}; .part files left: {len(parts)}"
+        )
     finally:
         for proc in reversed(procs):
             stop(proc)

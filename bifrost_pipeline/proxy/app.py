@@ -54,8 +54,20 @@ def _error_body(status: int, message: str, etype: str) -> bytes:
 class StreamState:
     """What the proxy learns from the SSE events it passes on."""
 
-    __slots__ = ("request_type", "hide_usage", "usage", "text", "finish_reason", "first_token", "last_token",
-                 "gaps", "events", "output", "error", "response_status")
+    __slots__ = (
+        "request_type",
+        "hide_usage",
+        "usage",
+        "text",
+        "finish_reason",
+        "first_token",
+        "last_token",
+        "gaps",
+        "events",
+        "output",
+        "error",
+        "response_status",
+    )
 
     def __init__(self, request_type: str, hide_usage: bool):
         self.request_type = request_type
@@ -196,8 +208,9 @@ class ProxyApp:
             else:
                 status = await handler(scope, receive, send)
                 label = path
-            self.metrics.observe_http(label, scope["method"], status, time.perf_counter() - t0,
-                                      self._custom(scope))
+            self.metrics.observe_http(
+                label, scope["method"], status, time.perf_counter() - t0, self._custom(scope)
+            )
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -220,10 +233,12 @@ class ProxyApp:
     async def startup(self) -> None:
         # Idle upstream connections are dropped after 4 s, before servers with short keep-alive timeouts
         # (uvicorn's default is 5 s) close them under a request.
-        connector = aiohttp.TCPConnector(limit=self.client.initial_pool_size, ttl_dns_cache=300,
-                                         keepalive_timeout=4)
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                             skip_auto_headers=("User-Agent",))
+        connector = aiohttp.TCPConnector(
+            limit=self.client.initial_pool_size, ttl_dns_cache=300, keepalive_timeout=4
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
         recovered = self.writer.start(asyncio.get_running_loop())
         log.info("landing records in %s (%d segment(s) recovered)", self.writer.root, len(recovered))
 
@@ -236,8 +251,11 @@ class ProxyApp:
         if self.session is not None:
             await self.session.close()
         await self.writer.aclose()
-        log.info("landing writer closed: %d record(s) submitted, %d written", self.writer.submitted,
-                 self.writer.written)
+        log.info(
+            "landing writer closed: %d record(s) submitted, %d written",
+            self.writer.submitted,
+            self.writer.written,
+        )
 
     # --- helpers ----------------------------------------------------------------------------------------
 
@@ -274,8 +292,11 @@ class ProxyApp:
                 if k.startswith(b"x-bf-prom-"):
                     headers[k.decode("latin-1")] = v.decode("latin-1")
         return self.metrics.custom_values(
-            {PROM_HEADER_PREFIX + k[len(PROM_HEADER_PREFIX):].replace("_", "-"): v
-             for k, v in headers.items() if k.startswith(PROM_HEADER_PREFIX)}
+            {
+                PROM_HEADER_PREFIX + k[len(PROM_HEADER_PREFIX) :].replace("_", "-"): v
+                for k, v in headers.items()
+                if k.startswith(PROM_HEADER_PREFIX)
+            }
         )
 
     # --- simple endpoints -------------------------------------------------------------------------------
@@ -308,9 +329,15 @@ class ProxyApp:
             return await self._send(send, 405, _error_body(405, "use POST", "invalid_request_error"))
         body = await self._read_body(receive, self.proxy.max_intake_bytes)
         if body is None:
-            return await self._send(send, 413, _error_body(
-                413, f"the body is larger than proxy.max_intake_bytes ({self.proxy.max_intake_bytes})",
-                "invalid_request_error"))
+            return await self._send(
+                send,
+                413,
+                _error_body(
+                    413,
+                    f"the body is larger than proxy.max_intake_bytes ({self.proxy.max_intake_bytes})",
+                    "invalid_request_error",
+                ),
+            )
         return body
 
     async def _logs(self, scope, receive, send) -> int:
@@ -318,7 +345,9 @@ class ProxyApp:
         if isinstance(body, int):
             return body
         try:
-            groups, report = await asyncio.to_thread(intake.process_batch, body, strip_content=not self.content)
+            groups, report = await asyncio.to_thread(
+                intake.process_batch, body, strip_content=not self.content
+            )
         except ValueError as err:
             return await self._send(send, 400, _error_body(400, str(err), "invalid_request_error"))
         if groups:
@@ -348,8 +377,9 @@ class ProxyApp:
                 try:
                     if "error" in span:
                         raise ValueError(span["error"])
-                    rec = otlp.span_to_record(span, customer_id=customer, content=self.content,
-                                              pricing=self.pricing)
+                    rec = otlp.span_to_record(
+                        span, customer_id=customer, content=self.content, pricing=self.pricing
+                    )
                     problems = intake.check_record(rec)
                 except Exception as err:  # a span we cannot read is reported, not fatal
                     problems = [{"path": "(span)", "reason": str(err)}]
@@ -401,8 +431,12 @@ class ProxyApp:
             return await self._reject(send, 400, f"missing required header(s): {', '.join(missing)}")
         body = await self._read_body(receive, self.proxy.max_body_bytes)
         if body is None:
-            return await self._reject(send, 413, f"the body is larger than proxy.max_body_bytes "
-                                                 f"({self.proxy.max_body_bytes}) or the client went away")
+            return await self._reject(
+                send,
+                413,
+                f"the body is larger than proxy.max_body_bytes "
+                f"({self.proxy.max_body_bytes}) or the client went away",
+            )
         request_type = ENDPOINTS[path]
         ctype = headers.get("content-type", "")
         form: dict | None = None
@@ -424,15 +458,21 @@ class ProxyApp:
                 return await self._reject(send, 400, "the body must be a JSON object")
             req = parsed
             model = req.get("model")
-            stream = req.get("stream") is True or (request_type == "speech" and req.get("stream_format") == "sse")
+            stream = req.get("stream") is True or (
+                request_type == "speech" and req.get("stream_format") == "sse"
+            )
         if not isinstance(model, str) or not model:
             return await self._reject(send, 400, "the request names no model")
         resolved = self.router.resolve(model)
         if resolved is None:
             return await self._reject(
-                send, 400, f"no provider serves model {model!r}: prefix it with a configured provider "
+                send,
+                400,
+                f"no provider serves model {model!r}: prefix it with a configured provider "
                 f"({', '.join(sorted(self.router.targets)) or 'none configured'}/…) or list it under "
-                "providers.<name>.models", "invalid_request_error")
+                "providers.<name>.models",
+                "invalid_request_error",
+            )
         provider, upstream_model, target = resolved
 
         # Forward the body untouched unless the model name or the stream options must change.
@@ -458,8 +498,9 @@ class ProxyApp:
             await self.writer.reserve(self.client.drop_excess_requests)
         except QueueFull:
             self.metrics.records_rejected.inc()
-            return await self._reject(send, 429, "the proxy's landing queue is full; retry later",
-                                      "rate_limit_error")
+            return await self._reject(
+                send, 429, "the proxy's landing queue is full; retry later", "rate_limit_error"
+            )
 
         request_id = str(uuid.uuid4())
         rec = base_record(
@@ -481,7 +522,8 @@ class ProxyApp:
         try:
             fwd = upstream_headers(headers, target, self.drop_headers)
             status, resp_body, upstream_s, resp_ctype = await self._call(
-                send, target, path, fwd, body, rec, state, receive, t0)
+                send, target, path, fwd, body, rec, state, receive, t0
+            )
             self._finish(rec, req, form, resp_body, resp_ctype, state, t0)
             self.writer.submit(hour_key(started), rec)
             submitted = True
@@ -492,7 +534,9 @@ class ProxyApp:
                 if rec["status"] == "success":
                     rec["status"] = "error"
                     rec["status_code"] = 503 if isinstance(err, asyncio.CancelledError) else 500
-                    rec["error_type"] = "cancelled" if isinstance(err, asyncio.CancelledError) else "proxy_error"
+                    rec["error_type"] = (
+                        "cancelled" if isinstance(err, asyncio.CancelledError) else "proxy_error"
+                    )
                     rec["error_message"] = f"{type(err).__name__}: {err}"[:2000]
                 rec["ended_at"] = iso(datetime.now(UTC))
                 rec["latency_ms"] = int((time.perf_counter() - t0) * 1000)
@@ -515,7 +559,9 @@ class ProxyApp:
         if state is None:
             timeout = aiohttp.ClientTimeout(total=target.timeout_s)
         else:
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=target.timeout_s, sock_read=target.timeout_s)
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=target.timeout_s, sock_read=target.timeout_s
+            )
         t_up = time.perf_counter()
         try:
             try:
@@ -525,11 +571,31 @@ class ProxyApp:
                 # all, so it is sent once more on a new connection (as HTTP clients do for a reused one).
                 resp = await self.session.post(target.url(path), data=body, headers=fwd, timeout=timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            return await self._upstream_failed(send, rec, 504, "timeout",
-                                               f"provider {rec['provider']} did not answer within {target.timeout_s}s"), None, time.perf_counter() - t_up, ""
+            return (
+                await self._upstream_failed(
+                    send,
+                    rec,
+                    504,
+                    "timeout",
+                    f"provider {rec['provider']} did not answer within {target.timeout_s}s",
+                ),
+                None,
+                time.perf_counter() - t_up,
+                "",
+            )
         except aiohttp.ClientError as err:
-            return await self._upstream_failed(send, rec, 502, "upstream_unreachable",
-                                               f"provider {rec['provider']}: {type(err).__name__}: {err}"), None, time.perf_counter() - t_up, ""
+            return (
+                await self._upstream_failed(
+                    send,
+                    rec,
+                    502,
+                    "upstream_unreachable",
+                    f"provider {rec['provider']}: {type(err).__name__}: {err}",
+                ),
+                None,
+                time.perf_counter() - t_up,
+                "",
+            )
         try:
             is_sse = resp.status == 200 and resp.content_type == "text/event-stream"
             if state is not None and is_sse:
@@ -538,11 +604,31 @@ class ProxyApp:
             try:
                 resp_body = await resp.read()
             except (TimeoutError, aiohttp.ServerTimeoutError):
-                return await self._upstream_failed(send, rec, 504, "timeout",
-                                                   f"provider {rec['provider']} did not answer within {target.timeout_s}s"), None, time.perf_counter() - t_up, ""
+                return (
+                    await self._upstream_failed(
+                        send,
+                        rec,
+                        504,
+                        "timeout",
+                        f"provider {rec['provider']} did not answer within {target.timeout_s}s",
+                    ),
+                    None,
+                    time.perf_counter() - t_up,
+                    "",
+                )
             except aiohttp.ClientError as err:
-                return await self._upstream_failed(send, rec, 502, "upstream_error",
-                                                   f"provider {rec['provider']}: {type(err).__name__}: {err}"), None, time.perf_counter() - t_up, ""
+                return (
+                    await self._upstream_failed(
+                        send,
+                        rec,
+                        502,
+                        "upstream_error",
+                        f"provider {rec['provider']}: {type(err).__name__}: {err}",
+                    ),
+                    None,
+                    time.perf_counter() - t_up,
+                    "",
+                )
             up_s = time.perf_counter() - t_up
             hdrs = response_headers(list(resp.headers.items()), rid)
             hdrs.append((b"content-length", str(len(resp_body)).encode()))
@@ -567,8 +653,13 @@ class ProxyApp:
         return await self._send(send, status, _error_body(status, message, etype), hdrs)
 
     async def _stream(self, send, resp, rec, state: StreamState, receive, t0) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": response_headers(list(resp.headers.items()), rec["request_id"])})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": response_headers(list(resp.headers.items()), rec["request_id"]),
+            }
+        )
 
         async def pump() -> None:
             buf = b""
@@ -618,8 +709,16 @@ class ProxyApp:
 
     # --- the record -------------------------------------------------------------------------------------
 
-    def _finish(self, rec: dict, req: dict, form: dict | None, resp_body: bytes | None, ctype: str,
-                state: StreamState | None, t0: float) -> None:
+    def _finish(
+        self,
+        rec: dict,
+        req: dict,
+        form: dict | None,
+        resp_body: bytes | None,
+        ctype: str,
+        state: StreamState | None,
+        t0: float,
+    ) -> None:
         end = time.perf_counter()
         rec["ended_at"] = iso(datetime.now(UTC))
         rec["latency_ms"] = int((end - t0) * 1000)
@@ -632,7 +731,9 @@ class ProxyApp:
                 doc = None
         if state is not None and resp_body is None:
             rec.update(usage_fields(state.usage))
-            rec["time_to_first_token_ms"] = int((state.first_token - t0) * 1000) if state.first_token else None
+            rec["time_to_first_token_ms"] = (
+                int((state.first_token - t0) * 1000) if state.first_token else None
+            )
             rec["finish_reason"] = state.finish_reason or state.response_status
             if state.error is not None and rec["status"] == "success":
                 rec["status"], rec["status_code"] = "error", 500
@@ -641,7 +742,7 @@ class ProxyApp:
             output = state.output
             if output is None:
                 text = "".join(state.text)
-                output = ({"role": "assistant", "content": text} if request_type == "chat" else {"text": text})
+                output = {"role": "assistant", "content": text} if request_type == "chat" else {"text": text}
         else:
             if rec["status"] == "success" and isinstance(doc, dict):
                 rec.update(usage_fields(doc.get("usage")))
@@ -653,7 +754,9 @@ class ProxyApp:
                 output = {"audio_bytes": len(resp_body), "content_type": ctype}
             else:
                 output = response_output(request_type, doc) if rec["status"] == "success" else None
-        rec["cost_usd"] = self.pricing.cost(rec["provider"], rec["model"], rec["input_tokens"], rec["output_tokens"])
+        rec["cost_usd"] = self.pricing.cost(
+            rec["provider"], rec["model"], rec["input_tokens"], rec["output_tokens"]
+        )
         if self.content:
             rec["input_content"] = json_text(request_input(request_type, req, form))
             rec["output_content"] = json_text(output)
@@ -674,8 +777,10 @@ class ProxyApp:
                 if isinstance(value, UploadFile):
                     data = await value.read()
                     items.append((key, (value.filename or "file", value.content_type, data)))
-                    fields.setdefault("file", {"name": value.filename, "bytes": len(data),
-                                               "content_type": value.content_type})
+                    fields.setdefault(
+                        "file",
+                        {"name": value.filename, "bytes": len(data), "content_type": value.content_type},
+                    )
                 else:
                     items.append((key, value))
                     fields[key] = value
@@ -689,7 +794,9 @@ class ProxyApp:
             out.append(f"--{boundary}\r\n".encode())
             if isinstance(value, tuple):
                 filename, ctype, data = value
-                out.append(f'Content-Disposition: form-data; name="{key}"; filename="{filename}"\r\n'.encode())
+                out.append(
+                    f'Content-Disposition: form-data; name="{key}"; filename="{filename}"\r\n'.encode()
+                )
                 out.append(f"Content-Type: {ctype or 'application/octet-stream'}\r\n\r\n".encode())
                 out.append(data)
             else:

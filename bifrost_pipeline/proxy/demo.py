@@ -24,8 +24,12 @@ MODELS = [
     ("openai/text-embedding-3-small", "embeddings"),
 ]
 CUSTOMERS = ["cust_001", "cust_002", "cust_003", "cust_004"]
-PROMPTS = ["Summarize the quarterly revenue report.", "Translate 'good morning' to French.",
-           "Explain retries with exponential backoff.", "Draft a reply to a refund request."]
+PROMPTS = [
+    "Summarize the quarterly revenue report.",
+    "Translate 'good morning' to French.",
+    "Explain retries with exponential backoff.",
+    "Draft a reply to a refund request.",
+]
 
 
 def send_demo_traffic(app: AppConfig, n: int, *, seed: int = 7, timeout_s: float = 60.0) -> int:
@@ -40,8 +44,15 @@ def send_demo_traffic(app: AppConfig, n: int, *, seed: int = 7, timeout_s: float
     port = sock.getsockname()[1]
     proxy = ProxyApp(app, mock_upstream=True)
     proxy.use_mock_at(f"http://127.0.0.1:{port}{MOCK_PREFIX}/v1")
-    config = uvicorn.Config(proxy, loop="asyncio", http="httptools", lifespan="on", access_log=False,
-                            log_level="warning", timeout_graceful_shutdown=app.proxy.shutdown_grace_s)
+    config = uvicorn.Config(
+        proxy,
+        loop="asyncio",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=app.proxy.shutdown_grace_s,
+    )
     server = _server_class()(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="demo-proxy", daemon=True)
     thread.start()
@@ -57,14 +68,20 @@ def send_demo_traffic(app: AppConfig, n: int, *, seed: int = 7, timeout_s: float
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             for i in range(n):
                 model, kind = rng.choice(MODELS)
-                headers = {customer_header: rng.choice(CUSTOMERS), "x-bf-lh-source": "demo",
-                           "x-bf-lh-env": rng.choice(["production", "staging"])}
+                headers = {
+                    customer_header: rng.choice(CUSTOMERS),
+                    "x-bf-lh-source": "demo",
+                    "x-bf-lh-env": rng.choice(["production", "staging"]),
+                }
                 if i % 10 == 9:
                     headers["x-mock-status"] = rng.choice(["429", "500", "503"])
                 prompt = rng.choice(PROMPTS)
                 if kind == "chat":
-                    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-                            "stream": i % 3 == 0}
+                    body = {
+                        "model": model,
+                        "messages": [{"role": "user", "content": prompt}],
+                        "stream": i % 3 == 0,
+                    }
                     path = "/v1/chat/completions"
                 elif kind == "responses":
                     body, path = {"model": model, "input": prompt}, "/v1/responses"

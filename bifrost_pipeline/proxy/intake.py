@@ -91,8 +91,9 @@ def process_batch(body: bytes, *, strip_content: bool) -> tuple[dict[datetime, l
             continue
         problems = check_record(obj)
         if problems:
-            rejected.append({kind: pos, "path": problems[0]["path"], "reason": problems[0]["reason"],
-                             "errors": problems})
+            rejected.append(
+                {kind: pos, "path": problems[0]["path"], "reason": problems[0]["reason"], "errors": problems}
+            )
             continue
         if strip_content:
             obj["input_content"] = None

@@ -61,7 +61,10 @@ class Metrics:
         self.custom = {}
         for name in custom_labels:
             label = custom_label_name(name)
-            if not _LABEL_NAME.match(label) or label in BASE_LABELS + HTTP_LABELS + ("status_code", "is_success"):
+            if not _LABEL_NAME.match(label) or label in BASE_LABELS + HTTP_LABELS + (
+                "status_code",
+                "is_success",
+            ):
                 raise ValueError(f"client.prometheus_labels: {name!r} cannot be a Prometheus label name")
             self.custom[name.strip().lower().replace("_", "-")] = label
         c = tuple(self.custom.values())
@@ -115,7 +118,10 @@ class Metrics:
             registry=r,
         )
         self.cost = Counter(
-            "bifrost_cost_total", "Total cost in USD for upstream provider requests", BASE_LABELS + c, registry=r
+            "bifrost_cost_total",
+            "Total cost in USD for upstream provider requests",
+            BASE_LABELS + c,
+            registry=r,
         )
         self.first_token = Histogram(
             "bifrost_stream_first_token_latency_seconds",
@@ -155,14 +161,31 @@ class Metrics:
     def base_values(self, provider: str, model: str, request_type: str) -> tuple[str, ...]:
         # The proxy has no virtual keys, routing rules, retries or fallbacks: those labels are present
         # (dashboards written for Bifrost keep working) with neutral values.
-        return (provider, model, METHOD_LABEL.get(request_type, request_type), "", "", "", "", "", "", "", "0", "0")
+        return (
+            provider,
+            model,
+            METHOD_LABEL.get(request_type, request_type),
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "0",
+            "0",
+        )
 
-    def observe_http(self, path: str, method: str, status: int, seconds: float, custom: tuple[str, ...]) -> None:
+    def observe_http(
+        self, path: str, method: str, status: int, seconds: float, custom: tuple[str, ...]
+    ) -> None:
         labels = (path, method, str(status)) + custom
         self.http_requests.labels(*labels).inc()
         self.http_duration.labels(*labels).observe(seconds)
 
-    def observe_record(self, rec: dict, upstream_s: float | None, custom: tuple[str, ...], gaps: list[float]) -> None:
+    def observe_record(
+        self, rec: dict, upstream_s: float | None, custom: tuple[str, ...], gaps: list[float]
+    ) -> None:
         """Upstream metrics of one proxied request, from its log record."""
         base = self.base_values(rec["provider"], rec["model"], rec["request_type"])
         labels = base + custom

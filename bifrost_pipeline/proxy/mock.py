@@ -22,7 +22,9 @@ from typing import Any
 
 import orjson
 
-WORDS = "This is a mock reply from the bifrost pipeline mock upstream , streamed word by word for tests .".split()
+WORDS = (
+    "This is a mock reply from the bifrost pipeline mock upstream , streamed word by word for tests .".split()
+)
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -48,8 +50,15 @@ def _count_words(value: Any) -> int:
 
 
 class MockUpstream:
-    def __init__(self, *, delay_ms: float = 0.0, error_rate: float = 0.0, seed: int = 7, keep: int = 200,
-                 prefix: str = ""):
+    def __init__(
+        self,
+        *,
+        delay_ms: float = 0.0,
+        error_rate: float = 0.0,
+        seed: int = 7,
+        keep: int = 200,
+        prefix: str = "",
+    ):
         self.delay_ms = delay_ms
         self.error_rate = error_rate
         self.rng = random.Random(seed)
@@ -140,21 +149,45 @@ class MockUpstream:
             inputs = inputs if isinstance(inputs, list) else [inputs]
             prompt = max(1, _count_words(inputs))
             data = [
-                {"object": "embedding", "index": i, "embedding": [round(0.1 * (i + j + 1), 3) for j in range(EMBEDDING_DIMS)]}
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": [round(0.1 * (i + j + 1), 3) for j in range(EMBEDDING_DIMS)],
+                }
                 for i in range(len(inputs))
             ]
-            await self._json(send, 200, {"object": "list", "data": data, "model": model,
-                                         "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})
+            await self._json(
+                send,
+                200,
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": model,
+                    "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+                },
+            )
         elif path == "/v1/audio/speech":
             audio = b"ID3" + bytes(range(256)) * 4
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"audio/mpeg"), (b"content-length", str(len(audio)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"audio/mpeg"),
+                        (b"content-length", str(len(audio)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": audio})
         elif path == "/v1/audio/transcriptions":
             size = int((form or {}).get("file_bytes", 0))
             text = f"mock transcription of {size} bytes"
-            usage = {"type": "tokens", "input_tokens": max(1, size // 100), "output_tokens": len(text.split()),
-                     "total_tokens": max(1, size // 100) + len(text.split())}
+            usage = {
+                "type": "tokens",
+                "input_tokens": max(1, size // 100),
+                "output_tokens": len(text.split()),
+                "total_tokens": max(1, size // 100) + len(text.split()),
+            }
             if stream:
                 events = [{"type": "transcript.text.delta", "delta": w + " "} for w in text.split()]
                 events.append({"type": "transcript.text.done", "text": text, "usage": usage})
@@ -175,11 +208,21 @@ class MockUpstream:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                         "logprobs": None}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                      "prompt_tokens_details": {"cached_tokens": 0},
-                      "completion_tokens_details": {"reasoning_tokens": 0}},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            },
         }
 
     def _completion(self, model: str, text: str, prompt: int, completion: int) -> dict:
@@ -189,24 +232,41 @@ class MockUpstream:
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
         }
 
-    def _response(self, model: str, text: str, prompt: int, completion: int, status: str = "completed") -> dict:
+    def _response(
+        self, model: str, text: str, prompt: int, completion: int, status: str = "completed"
+    ) -> dict:
         return {
             "id": self._id("resp"),
             "object": "response",
             "created_at": int(time.time()),
             "status": status,
             "model": model,
-            "output": [{"type": "message", "id": self._id("msg"), "status": "completed", "role": "assistant",
-                        "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+            "output": [
+                {
+                    "type": "message",
+                    "id": self._id("msg"),
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ],
             "parallel_tool_calls": True,
             "tool_choice": "auto",
             "tools": [],
-            "usage": {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
-                      "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}},
+            "usage": {
+                "input_tokens": prompt,
+                "output_tokens": completion,
+                "total_tokens": prompt + completion,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
         }
 
     async def _stream_chat(self, send, model, words, prompt, include_usage, chunk_delay, kind) -> None:
@@ -231,9 +291,23 @@ class MockUpstream:
             events.append((None, chunk(w if i == 0 else " " + w, None)))
         events.append((None, chunk(None, "stop")))
         if include_usage:
-            events.append((None, {"id": cid, "object": obj, "created": created, "model": model, "choices": [],
-                                  "usage": {"prompt_tokens": prompt, "completion_tokens": len(words),
-                                            "total_tokens": prompt + len(words)}}))
+            events.append(
+                (
+                    None,
+                    {
+                        "id": cid,
+                        "object": obj,
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": prompt,
+                            "completion_tokens": len(words),
+                            "total_tokens": prompt + len(words),
+                        },
+                    },
+                )
+            )
         await self._sse(send, events, chunk_delay, done=True)
 
     async def _stream_responses(self, send, model, words, prompt, chunk_delay) -> None:
@@ -249,33 +323,81 @@ class MockUpstream:
             events.append((name, {"type": name, **fields, "sequence_number": next(seq)}))
 
         ev("response.created", response=start)
-        ev("response.output_item.added", output_index=0,
-           item={"type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []})
-        ev("response.content_part.added", item_id=item_id, output_index=0, content_index=0,
-           part={"type": "output_text", "text": "", "annotations": []})
+        ev(
+            "response.output_item.added",
+            output_index=0,
+            item={
+                "type": "message",
+                "id": item_id,
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            },
+        )
+        ev(
+            "response.content_part.added",
+            item_id=item_id,
+            output_index=0,
+            content_index=0,
+            part={"type": "output_text", "text": "", "annotations": []},
+        )
         for i, w in enumerate(words):
-            ev("response.output_text.delta", item_id=item_id, output_index=0, content_index=0,
-               delta=w if i == 0 else " " + w, logprobs=[])
-        ev("response.output_text.done", item_id=item_id, output_index=0, content_index=0, text=text, logprobs=[])
+            ev(
+                "response.output_text.delta",
+                item_id=item_id,
+                output_index=0,
+                content_index=0,
+                delta=w if i == 0 else " " + w,
+                logprobs=[],
+            )
+        ev(
+            "response.output_text.done",
+            item_id=item_id,
+            output_index=0,
+            content_index=0,
+            text=text,
+            logprobs=[],
+        )
         part = {"type": "output_text", "text": text, "annotations": []}
         ev("response.content_part.done", item_id=item_id, output_index=0, content_index=0, part=part)
-        ev("response.output_item.done", output_index=0,
-           item={"type": "message", "id": item_id, "status": "completed", "role": "assistant", "content": [part]})
+        ev(
+            "response.output_item.done",
+            output_index=0,
+            item={
+                "type": "message",
+                "id": item_id,
+                "status": "completed",
+                "role": "assistant",
+                "content": [part],
+            },
+        )
         done = self._response(model, text, prompt, len(words))
         done["output"][0]["id"] = item_id
         ev("response.completed", response=done)
         await self._sse(send, events, chunk_delay, done=False)
 
     async def _sse(self, send, events, chunk_delay: float, done: bool) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+            }
+        )
         for name, ev in events:
             head = f"event: {name}\n".encode() if name else b""
-            await send({"type": "http.response.body", "body": head + b"data: " + orjson.dumps(ev) + b"\n\n",
-                        "more_body": True})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": head + b"data: " + orjson.dumps(ev) + b"\n\n",
+                    "more_body": True,
+                }
+            )
             if chunk_delay:
                 await asyncio.sleep(chunk_delay)
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n" if done else b"", "more_body": False})
+        await send(
+            {"type": "http.response.body", "body": b"data: [DONE]\n\n" if done else b"", "more_body": False}
+        )
 
     async def _form(self, scope, body: bytes) -> dict:
         from starlette.datastructures import UploadFile
@@ -297,13 +419,23 @@ class MockUpstream:
 
     async def _json(self, send, status: int, doc: Any) -> None:
         body = orjson.dumps(doc)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def _error(self, send, status: int, message: str) -> None:
         etype = ERROR_TYPES.get(status, "api_error")
-        await self._json(send, status, {"error": {"message": message, "type": etype, "param": None, "code": etype}})
+        await self._json(
+            send, status, {"error": {"message": message, "type": etype, "param": None, "code": etype}}
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,8 +448,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--error-rate", type=float, default=0.0)
     args = p.parse_args(argv)
     app = MockUpstream(delay_ms=args.delay_ms, error_rate=args.error_rate)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                loop="uvloop", http="httptools", lifespan="on", timeout_keep_alive=75)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        timeout_keep_alive=75,
+    )
 
 
 if __name__ == "__main__":

@@ -126,7 +126,9 @@ def decode_json(body: bytes) -> list[dict]:
         raise ValueError("expected an OTLP ExportTraceServiceRequest object")
     spans = []
     for rs in doc.get("resourceSpans") or doc.get("resource_spans") or []:
-        resource = {kv["key"]: _any_json(kv.get("value")) for kv in (rs.get("resource") or {}).get("attributes", [])}
+        resource = {
+            kv["key"]: _any_json(kv.get("value")) for kv in (rs.get("resource") or {}).get("attributes", [])
+        }
         for ss in rs.get("scopeSpans") or rs.get("scope_spans") or []:
             for s in ss.get("spans") or []:
                 try:
@@ -134,7 +136,9 @@ def decode_json(body: bytes) -> list[dict]:
                 except (TypeError, ValueError, KeyError, AttributeError) as err:
                     # One unreadable span is reported (OTLP partial_success), not the whole batch.
                     span_id = str(s.get("spanId", "")) if isinstance(s, dict) else ""
-                    spans.append({"span_id": span_id, "error": f"unreadable span: {type(err).__name__}: {err}"})
+                    spans.append(
+                        {"span_id": span_id, "error": f"unreadable span: {type(err).__name__}: {err}"}
+                    )
     return spans
 
 
@@ -230,12 +234,16 @@ def span_to_record(span: dict, *, customer_id: str, content: bool, pricing) -> d
 
     rec = base_record(
         started=start,
-        request_id=str(_first(a, "bifrost.request_id", "request.id", "gen_ai.request.id")
-                       or f"{span['trace_id']}-{span['span_id']}"),
+        request_id=str(
+            _first(a, "bifrost.request_id", "request.id", "gen_ai.request.id")
+            or f"{span['trace_id']}-{span['span_id']}"
+        ),
         customer_id=str(_first(a, "customer.id", "bifrost.customer_id", "user.id") or customer_id),
         provider=provider,
         model=model,
-        endpoint=str(_first(a, "http.route", "url.path") or DEFAULT_ENDPOINT.get(request_type, "/v1/chat/completions")),
+        endpoint=str(
+            _first(a, "http.route", "url.path") or DEFAULT_ENDPOINT.get(request_type, "/v1/chat/completions")
+        ),
         method=str(_first(a, "http.request.method", "http.method") or "POST").upper(),
         request_type=request_type,
         stream=bool(_first(a, "gen_ai.request.stream", "llm.is_streaming") or False),
@@ -245,7 +253,9 @@ def span_to_record(span: dict, *, customer_id: str, content: bool, pricing) -> d
     if rec["method"] not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         rec["method"] = "POST"
     rec["ended_at"] = ended.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    rec["latency_ms"] = max(0, min(2147483647, int((end_ns - span["start_ns"]) / 1e6))) if span["start_ns"] else 0
+    rec["latency_ms"] = (
+        max(0, min(2147483647, int((end_ns - span["start_ns"]) / 1e6))) if span["start_ns"] else 0
+    )
     error_type = _first(a, "error.type")
     status_code = _int(_first(a, "http.response.status_code", "http.status_code"))
     failed = span["status_code"] == STATUS_ERROR or error_type is not None or (status_code or 0) >= 400
@@ -267,8 +277,12 @@ def span_to_record(span: dict, *, customer_id: str, content: bool, pricing) -> d
     if total is None and (rec["input_tokens"] is not None or rec["output_tokens"] is not None):
         total = (rec["input_tokens"] or 0) + (rec["output_tokens"] or 0)
     rec["total_tokens"] = total
-    rec["cached_tokens"] = _int(_first(a, "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cached_tokens"))
-    rec["reasoning_tokens"] = _int(_first(a, "gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens"))
+    rec["cached_tokens"] = _int(
+        _first(a, "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cached_tokens")
+    )
+    rec["reasoning_tokens"] = _int(
+        _first(a, "gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens")
+    )
     ttft = _first(a, "gen_ai.server.time_to_first_token", "gen_ai.response.time_to_first_chunk")
     if isinstance(ttft, int | float) and not isinstance(ttft, bool) and ttft >= 0:
         rec["time_to_first_token_ms"] = int(ttft * 1000)  # the conventions give seconds

@@ -29,7 +29,9 @@ class Pricing:
     def price(self, provider: str, model: str) -> tuple[float, float] | None:
         return self.table.get(f"{provider}/{model}") or self.table.get(model)
 
-    def cost(self, provider: str, model: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
+    def cost(
+        self, provider: str, model: str, input_tokens: int | None, output_tokens: int | None
+    ) -> float | None:
         """USD, or None when the model has no price or the request reported no usage."""
         if input_tokens is None and output_tokens is None:
             return None

@@ -55,12 +55,19 @@ def _server_class():
     return Server
 
 
-def serve(app_config: AppConfig, *, host: str | None = None, port: int | None = None,
-          mock_upstream: bool = False, log_level: str = "info") -> int:
+def serve(
+    app_config: AppConfig,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    mock_upstream: bool = False,
+    log_level: str = "info",
+) -> int:
     import uvicorn
 
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     host = host or app_config.proxy.host
     port = app_config.proxy.port if port is None else port
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -87,8 +94,13 @@ def serve(app_config: AppConfig, *, host: str | None = None, port: int | None = 
         backlog=4096,
     )
     server = _server_class()(config)
-    log.info("bifrost proxy on http://%s:%d (landing: %s%s)", host, port, app_config.landing_dir,
-             ", mock upstream" if mock_upstream else "")
+    log.info(
+        "bifrost proxy on http://%s:%d (landing: %s%s)",
+        host,
+        port,
+        app_config.landing_dir,
+        ", mock upstream" if mock_upstream else "",
+    )
     print(f"bifrost-pipeline proxy listening on http://{host}:{port}", flush=True)
     if os.environ.get("BIFROST_PROXY_GC_FREEZE", "1") != "0":
         # Everything loaded so far lives as long as the process: keep it out of the collector's scans so
@@ -102,5 +114,3 @@ def serve(app_config: AppConfig, *, host: str | None = None, port: int | None = 
     if app.writer.error is not None:
         return 1
     return 0 if server.started else 1
-
-

@@ -73,8 +73,16 @@ HOP_BY_HOP = frozenset(
     }
 )
 RESPONSE_DROP = frozenset(
-    {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "set-cookie", "server",
-     "date"}
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "content-encoding",
+        "set-cookie",
+        "server",
+        "date",
+    }
 )
 
 

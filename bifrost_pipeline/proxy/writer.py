@@ -152,8 +152,11 @@ class LandingWriter:
         if self.on_wait is not None:
             self.on_wait()
         if self.waits == 1 or self.waits % 1000 == 0:
-            log.warning("landing queue full (%d records): requests wait for the writer (%d so far)",
-                        self.slots.size, self.waits)
+            log.warning(
+                "landing queue full (%d records): requests wait for the writer (%d so far)",
+                self.slots.size,
+                self.waits,
+            )
         await self.slots.acquire()
 
     def release(self) -> None:
@@ -206,10 +209,17 @@ class LandingWriter:
                 try:
                     line = orjson.dumps(rec, default=str)
                 except Exception as err:  # a record that cannot be serialized is a bug: say so loudly
-                    log.error("record %s could not be serialized (%s); landed as an error note",
-                              rec.get("request_id"), err)
-                    line = orjson.dumps({k: (v if isinstance(v, str | int | float | bool | None) else str(v))
-                                         for k, v in rec.items()})
+                    log.error(
+                        "record %s could not be serialized (%s); landed as an error note",
+                        rec.get("request_id"),
+                        err,
+                    )
+                    line = orjson.dumps(
+                        {
+                            k: (v if isinstance(v, str | int | float | bool | None) else str(v))
+                            for k, v in rec.items()
+                        }
+                    )
                 groups.setdefault(hour, []).append(line)
                 n += 1
             try:

@@ -24,11 +24,21 @@ def _healthy(url: str) -> bool:
 def start_mock(log_dir: Path) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "bifrost_pipeline.proxy.mock", "--port", str(port)]
-    return start_server("mock-upstream", cmd, port, log_dir, ready=lambda: _healthy(f"http://127.0.0.1:{port}"))
+    return start_server(
+        "mock-upstream", cmd, port, log_dir, ready=lambda: _healthy(f"http://127.0.0.1:{port}")
+    )
 
 
-def write_config(path: Path, landing: Path, mock_url: str, *, client: dict | None = None,
-                 proxy: dict | None = None, providers: dict | None = None, extra: dict | None = None) -> Path:
+def write_config(
+    path: Path,
+    landing: Path,
+    mock_url: str,
+    *,
+    client: dict | None = None,
+    proxy: dict | None = None,
+    providers: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
     doc = {
         "client": {
             "logging_headers": ["X-Tenant-ID", "X-Correlation-ID"],
@@ -38,14 +48,26 @@ def write_config(path: Path, landing: Path, mock_url: str, *, client: dict | Non
         "providers": providers
         if providers is not None
         else {
-            "openai": {"base_url": f"{mock_url}/v1", "api_key": "${TEST_PROVIDER_KEY}",
-                       "models": ["gpt-4o-mini", "text-embedding-3-small", "tts-1", "whisper-1"]},
-            "anthropic": {"base_url": f"{mock_url}/v1", "api_key": "sk-anthropic-test", "models": ["claude-3-haiku"]},
+            "openai": {
+                "base_url": f"{mock_url}/v1",
+                "api_key": "${TEST_PROVIDER_KEY}",
+                "models": ["gpt-4o-mini", "text-embedding-3-small", "tts-1", "whisper-1"],
+            },
+            "anthropic": {
+                "base_url": f"{mock_url}/v1",
+                "api_key": "sk-anthropic-test",
+                "models": ["claude-3-haiku"],
+            },
             "slow": {"base_url": f"{mock_url}/v1", "timeout_s": 0.5},
             "down": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "timeout_s": 2},
         },
-        "proxy": {"segment_max_age_s": 0.2, "flush_interval_s": 0.05, "customer_header": "X-Customer",
-                  "shutdown_grace_s": 20, **(proxy or {})},
+        "proxy": {
+            "segment_max_age_s": 0.2,
+            "flush_interval_s": 0.05,
+            "customer_header": "X-Customer",
+            "shutdown_grace_s": 20,
+            **(proxy or {}),
+        },
         "landing": {"path": str(landing)},
         **(extra or {}),
     }
@@ -56,8 +78,15 @@ def write_config(path: Path, landing: Path, mock_url: str, *, client: dict | Non
 def start_proxy(name: str, config: Path, log_dir: Path) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "bifrost_pipeline.proxy", "--config", str(config), "--port", str(port)]
-    return start_server(name, cmd, port, log_dir, env={"TEST_PROVIDER_KEY": PROVIDER_KEY},
-                        ready=lambda: _healthy(f"http://127.0.0.1:{port}"), timeout=30)
+    return start_server(
+        name,
+        cmd,
+        port,
+        log_dir,
+        env={"TEST_PROVIDER_KEY": PROVIDER_KEY},
+        ready=lambda: _healthy(f"http://127.0.0.1:{port}"),
+        timeout=30,
+    )
 
 
 def landed(root: Path) -> list[dict]:
@@ -111,8 +140,9 @@ def proxy_env(tmp_path_factory, mock_upstream, log_dir):
     """The main proxy: two keyed providers, a slow one (0.5 s timeout) and an unreachable one."""
     base = tmp_path_factory.mktemp("proxy")
     landing = base / "landing"
-    cfg = write_config(base / "config.json", landing, mock_upstream.url,
-                       extra={"pipeline": {"data_dir": str(base / "data")}})
+    cfg = write_config(
+        base / "config.json", landing, mock_upstream.url, extra={"pipeline": {"data_dir": str(base / "data")}}
+    )
     server = start_proxy("proxy-main", cfg, log_dir)
     yield {"url": server.url, "landing": landing, "config": cfg, "server": server, "mock": mock_upstream}
     server.stop()

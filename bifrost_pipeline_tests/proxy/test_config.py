@@ -32,10 +32,14 @@ def test_provider_key_comes_from_the_environment_and_is_secret():
 
 
 def test_routing_rules():
-    raw = {"providers": {"a": {"base_url": "http://a/v1", "models": ["m1"]}, "b": {"base_url": "http://b/v1"}}}
+    raw = {
+        "providers": {"a": {"base_url": "http://a/v1", "models": ["m1"]}, "b": {"base_url": "http://b/v1"}}
+    }
     router = Router(parse_config(raw, env={}).providers)
     assert router.resolve("b/m1")[:2] == ("b", "m1")  # the prefix wins over the model list
     assert router.resolve("m1")[:2] == ("a", "m1")
-    assert router.resolve("meta/llama") is None  # an unknown prefix is not a provider; two providers: no default
+    assert (
+        router.resolve("meta/llama") is None
+    )  # an unknown prefix is not a provider; two providers: no default
     single = Router(parse_config({"providers": {"a": {"base_url": "http://a/v1"}}}, env={}).providers)
     assert single.resolve("meta/llama")[:2] == ("a", "meta/llama")

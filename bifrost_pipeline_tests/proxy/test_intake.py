@@ -19,11 +19,24 @@ from .conftest import landed, wait_for
 
 def _record(**over) -> dict:
     rec = {
-        "schema_version": "1", "timestamp": "2026-03-04T05:06:07.123Z", "request_id": str(uuid.uuid4()),
-        "customer_id": "c1", "provider": "openai", "model": "gpt-4o", "endpoint": "/v1/chat/completions",
-        "method": "POST", "request_type": "chat", "stream": False, "status": "success", "status_code": 200,
-        "latency_ms": 321, "input_tokens": 10, "output_tokens": 20, "metadata": {"team": "a"},
-        "input_content": '"hi"', "output_content": '"hello"',
+        "schema_version": "1",
+        "timestamp": "2026-03-04T05:06:07.123Z",
+        "request_id": str(uuid.uuid4()),
+        "customer_id": "c1",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "endpoint": "/v1/chat/completions",
+        "method": "POST",
+        "request_type": "chat",
+        "stream": False,
+        "status": "success",
+        "status_code": 200,
+        "latency_ms": 321,
+        "input_tokens": 10,
+        "output_tokens": 20,
+        "metadata": {"team": "a"},
+        "input_content": '"hi"',
+        "output_content": '"hello"',
     }
     rec.update(over)
     return rec
@@ -49,8 +62,11 @@ def test_logs_ndjson_accepts_valid_and_reports_rejected_lines(proxy_env):
         json.dumps(good2),
         json.dumps(_record(metadata={"n": 1})),
     ]
-    r = httpx.post(proxy_env["url"] + "/v1/logs", content="\n".join(lines).encode(),
-                   headers={"content-type": "application/x-ndjson"})
+    r = httpx.post(
+        proxy_env["url"] + "/v1/logs",
+        content="\n".join(lines).encode(),
+        headers={"content-type": "application/x-ndjson"},
+    )
     assert r.status_code == 200
     report = r.json()
     assert report["accepted"] == 2 and report["rejected_count"] == 5
@@ -64,7 +80,10 @@ def test_logs_ndjson_accepts_valid_and_reports_rejected_lines(proxy_env):
     recs = _by_id(proxy_env["landing"], {good1["request_id"], good2["request_id"]})
     assert recs[good1["request_id"]]["latency_ms"] == 321
     # Each record lands in the hour directory of its own UTC timestamp.
-    paths = {p.parent.parent.name + "/" + p.parent.name for p in proxy_env["landing"].glob("date=2026-03-04/*/*.ndjson")}
+    paths = {
+        p.parent.parent.name + "/" + p.parent.name
+        for p in proxy_env["landing"].glob("date=2026-03-04/*/*.ndjson")
+    }
     assert {"date=2026-03-04/hour=05", "date=2026-03-04/hour=21"} <= paths
 
 
@@ -85,7 +104,9 @@ def test_logs_bad_body(proxy_env):
 
 
 def _tracer(url: str) -> tuple[TracerProvider, object]:
-    provider = TracerProvider(resource=Resource.create({"service.name": "bifrost", "deployment.environment": "test"}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "bifrost", "deployment.environment": "test"})
+    )
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=url + "/v1/traces", timeout=5)))
     return provider, provider.get_tracer("bifrost.otel")
 
@@ -94,39 +115,61 @@ def test_traces_protobuf_from_the_otel_sdk(proxy_env):
     provider, tracer = _tracer(proxy_env["url"])
     resp_id = f"chatcmpl-{uuid.uuid4().hex[:8]}"
     with tracer.start_as_current_span("chat gpt-4o") as span:
-        span.set_attributes({
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": "openai",
-            "gen_ai.request.model": "gpt-4o",
-            "gen_ai.usage.input_tokens": 100,
-            "gen_ai.usage.output_tokens": 50,
-            "gen_ai.response.id": resp_id,
-            "gen_ai.response.finish_reasons": ["stop"],
-            "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [{"type": "text", "content": "hi"}]}]),
-        })
+        span.set_attributes(
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.usage.input_tokens": 100,
+                "gen_ai.usage.output_tokens": 50,
+                "gen_ai.response.id": resp_id,
+                "gen_ai.response.finish_reasons": ["stop"],
+                "gen_ai.input.messages": json.dumps(
+                    [{"role": "user", "parts": [{"type": "text", "content": "hi"}]}]
+                ),
+            }
+        )
         time.sleep(0.01)  # a span with a measurable duration, not synchronization
     # Older attribute names, as Bifrost's OTel plugin sends them, and a failed span.
     with tracer.start_as_current_span("gen_ai.embedding") as span:
-        span.set_attributes({"gen_ai.system": "anthropic", "gen_ai.request.model": "claude-3-haiku",
-                             "gen_ai.usage.prompt_tokens": 7, "gen_ai.usage.completion_tokens": 3,
-                             "gen_ai.usage.cost": 0.5, "http.response.status_code": 429,
-                             "error.type": "rate_limit_error"})
+        span.set_attributes(
+            {
+                "gen_ai.system": "anthropic",
+                "gen_ai.request.model": "claude-3-haiku",
+                "gen_ai.usage.prompt_tokens": 7,
+                "gen_ai.usage.completion_tokens": 3,
+                "gen_ai.usage.cost": 0.5,
+                "http.response.status_code": 429,
+                "error.type": "rate_limit_error",
+            }
+        )
         span.set_status(Status(StatusCode.ERROR, "rate limited"))
     with tracer.start_as_current_span("db query") as span:  # not a GenAI span: skipped
         span.set_attribute("db.system", "postgresql")
     provider.shutdown()
 
     def find():
-        recs = [r for r in landed(proxy_env["landing"]) if (r["metadata"] or {}).get("service.name") == "bifrost"
-                and r["customer_id"] == "anonymous" and r["model"] in ("gpt-4o", "claude-3-haiku")]
+        recs = [
+            r
+            for r in landed(proxy_env["landing"])
+            if (r["metadata"] or {}).get("service.name") == "bifrost"
+            and r["customer_id"] == "anonymous"
+            and r["model"] in ("gpt-4o", "claude-3-haiku")
+        ]
         mine = [r for r in recs if r["metadata"].get("gen_ai.response.id") == resp_id]
         if not mine:
             return None
         trace = mine[0]["metadata"]["trace_id"]
-        return mine[0], [r for r in recs if r["metadata"]["trace_id"] != trace and r["model"] == "claude-3-haiku"]
+        return mine[0], [
+            r for r in recs if r["metadata"]["trace_id"] != trace and r["model"] == "claude-3-haiku"
+        ]
 
     chat, embeds = wait_for(find, 5, "the OTLP records")
-    assert (chat["provider"], chat["request_type"], chat["endpoint"]) == ("openai", "chat", "/v1/chat/completions")
+    assert (chat["provider"], chat["request_type"], chat["endpoint"]) == (
+        "openai",
+        "chat",
+        "/v1/chat/completions",
+    )
     assert (chat["input_tokens"], chat["output_tokens"], chat["total_tokens"]) == (100, 50, 150)
     assert chat["status"] == "success" and chat["status_code"] == 200 and chat["finish_reason"] == "stop"
     assert chat["latency_ms"] >= 10
@@ -136,29 +179,57 @@ def test_traces_protobuf_from_the_otel_sdk(proxy_env):
     assert (emb["provider"], emb["request_type"]) == ("anthropic", "embeddings")
     assert (emb["input_tokens"], emb["output_tokens"], emb["cost_usd"]) == (7, 3, 0.5)
     assert (emb["status"], emb["status_code"], emb["error_type"], emb["error_message"]) == (
-        "error", 429, "rate_limit_error", "rate limited")
+        "error",
+        429,
+        "rate_limit_error",
+        "rate limited",
+    )
 
 
 def test_traces_json(proxy_env):
     trace_id = uuid.uuid4().hex
     now = time.time_ns()
-    doc = {"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "gw-json"}}]},
-        "scopeSpans": [{"scope": {"name": "x"}, "spans": [
-            {"traceId": trace_id, "spanId": "00f067aa0ba902b7", "name": "gen_ai.chat", "kind": 3,
-             "startTimeUnixNano": str(now - 250_000_000), "endTimeUnixNano": str(now),
-             "attributes": [
-                 {"key": "gen_ai.system", "value": {"stringValue": "mistral"}},
-                 {"key": "gen_ai.request.model", "value": {"stringValue": "mistral-large"}},
-                 {"key": "gen_ai.usage.prompt_tokens", "value": {"intValue": "1000"}},
-                 {"key": "gen_ai.usage.completion_tokens", "value": {"intValue": "2000"}},
-                 {"key": "gen_ai.request.stream", "value": {"boolValue": True}},
-             ], "status": {"code": 1}},
-            {"traceId": trace_id, "spanId": "00f067aa0ba902b8", "name": "gen_ai.chat",
-             "startTimeUnixNano": "not-a-number", "endTimeUnixNano": "0",
-             "attributes": [{"key": "gen_ai.system", "value": {"stringValue": "x"}}]},
-        ]}],
-    }]}
+    doc = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "gw-json"}}]},
+                "scopeSpans": [
+                    {
+                        "scope": {"name": "x"},
+                        "spans": [
+                            {
+                                "traceId": trace_id,
+                                "spanId": "00f067aa0ba902b7",
+                                "name": "gen_ai.chat",
+                                "kind": 3,
+                                "startTimeUnixNano": str(now - 250_000_000),
+                                "endTimeUnixNano": str(now),
+                                "attributes": [
+                                    {"key": "gen_ai.system", "value": {"stringValue": "mistral"}},
+                                    {
+                                        "key": "gen_ai.request.model",
+                                        "value": {"stringValue": "mistral-large"},
+                                    },
+                                    {"key": "gen_ai.usage.prompt_tokens", "value": {"intValue": "1000"}},
+                                    {"key": "gen_ai.usage.completion_tokens", "value": {"intValue": "2000"}},
+                                    {"key": "gen_ai.request.stream", "value": {"boolValue": True}},
+                                ],
+                                "status": {"code": 1},
+                            },
+                            {
+                                "traceId": trace_id,
+                                "spanId": "00f067aa0ba902b8",
+                                "name": "gen_ai.chat",
+                                "startTimeUnixNano": "not-a-number",
+                                "endTimeUnixNano": "0",
+                                "attributes": [{"key": "gen_ai.system", "value": {"stringValue": "x"}}],
+                            },
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
     r = httpx.post(proxy_env["url"] + "/v1/traces", json=doc, headers={"X-Customer": "tenant-json"})
     # The span whose times are not numbers is rejected alone, in the OTLP partial_success.
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
@@ -171,15 +242,22 @@ def test_traces_json(proxy_env):
 
     (rec,) = wait_for(find, 5, "the OTLP JSON record")
     assert (rec["customer_id"], rec["provider"], rec["model"], rec["stream"]) == (
-        "tenant-json", "mistral", "mistral-large", True)
+        "tenant-json",
+        "mistral",
+        "mistral-large",
+        True,
+    )
     assert rec["latency_ms"] == 250 and (rec["input_tokens"], rec["output_tokens"]) == (1000, 2000)
     assert rec["cost_usd"] == pytest.approx((1000 * 2.0 + 2000 * 6.0) / 1e6)
     assert rec["request_id"] == f"{trace_id}-00f067aa0ba902b7"
 
 
 def test_traces_garbage(proxy_env):
-    r = httpx.post(proxy_env["url"] + "/v1/traces", content=b"\xff\x00garbage",
-                   headers={"content-type": "application/x-protobuf"})
+    r = httpx.post(
+        proxy_env["url"] + "/v1/traces",
+        content=b"\xff\x00garbage",
+        headers={"content-type": "application/x-protobuf"},
+    )
     assert r.status_code == 400
 
 
@@ -196,15 +274,30 @@ def test_traces_gzip_protobuf(proxy_env):
     span.name = "chat claude-3-haiku"
     span.start_time_unix_nano = time.time_ns() - 10_000_000
     span.end_time_unix_nano = time.time_ns()
-    for key, value in {"gen_ai.operation.name": "chat", "gen_ai.system": "anthropic",
-                       "gen_ai.request.model": "claude-3-haiku"}.items():
+    for key, value in {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "anthropic",
+        "gen_ai.request.model": "claude-3-haiku",
+    }.items():
         span.attributes.append(KeyValue(key=key, value=AnyValue(string_value=value)))
     span.attributes.append(KeyValue(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=4)))
-    r = httpx.post(proxy_env["url"] + "/v1/traces", content=gzip.compress(req.SerializeToString()),
-                   headers={"content-type": "application/x-protobuf", "content-encoding": "gzip"})
+    r = httpx.post(
+        proxy_env["url"] + "/v1/traces",
+        content=gzip.compress(req.SerializeToString()),
+        headers={"content-type": "application/x-protobuf", "content-encoding": "gzip"},
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-protobuf"
     trace_id = span.trace_id.hex()
-    (rec,) = wait_for(lambda: [x for x in landed(proxy_env["landing"])
-                               if (x["metadata"] or {}).get("trace_id") == trace_id], 5, "the gzip OTLP record")
+    (rec,) = wait_for(
+        lambda: [
+            x for x in landed(proxy_env["landing"]) if (x["metadata"] or {}).get("trace_id") == trace_id
+        ],
+        5,
+        "the gzip OTLP record",
+    )
     assert (rec["provider"], rec["model"], rec["input_tokens"], rec["output_tokens"]) == (
-        "anthropic", "claude-3-haiku", 4, None)
+        "anthropic",
+        "claude-3-haiku",
+        4,
+        None,
+    )

@@ -27,11 +27,20 @@ def _client(url: str) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def strict_proxy(tmp_path_factory, mock_upstream, log_dir):
     base = tmp_path_factory.mktemp("strict")
-    cfg = write_config(base / "config.json", base / "landing", mock_upstream.url,
-                       client={"required_headers": ["X-Tenant-ID"], "disable_content_logging": True,
-                               "drop_excess_requests": True},
-                       proxy={"queue_size": 1,
-                              "pricing": {"gpt-4o-mini": {"input_per_million": 1000, "output_per_million": 2000}}})
+    cfg = write_config(
+        base / "config.json",
+        base / "landing",
+        mock_upstream.url,
+        client={
+            "required_headers": ["X-Tenant-ID"],
+            "disable_content_logging": True,
+            "drop_excess_requests": True,
+        },
+        proxy={
+            "queue_size": 1,
+            "pricing": {"gpt-4o-mini": {"input_per_million": 1000, "output_per_million": 2000}},
+        },
+    )
     server = start_proxy("proxy-strict", cfg, log_dir)
     yield {"url": server.url, "landing": base / "landing", "server": server}
     server.stop()
@@ -41,7 +50,10 @@ def test_required_header_missing_is_400_and_lands_nothing(strict_proxy, mock_ups
     marker = uuid.uuid4().hex
     with pytest.raises(openai.BadRequestError) as exc:
         _client(strict_proxy["url"]).chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], extra_headers={"x-marker": marker})
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-marker": marker},
+        )
     assert exc.value.status_code == 400
     assert "missing required header(s): X-Tenant-ID" in str(exc.value)
     assert not [r for r in mock_requests(mock_upstream) if r["headers"].get("x-marker") == marker]
@@ -49,8 +61,10 @@ def test_required_header_missing_is_400_and_lands_nothing(strict_proxy, mock_ups
 
 def test_content_logging_off_keeps_usage_and_metadata(strict_proxy):
     raw = _client(strict_proxy["url"]).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "a secret prompt"}],
-        extra_headers={"X-Tenant-ID": "acme"})
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "a secret prompt"}],
+        extra_headers={"X-Tenant-ID": "acme"},
+    )
     raw.parse()
     rec = record_of(strict_proxy["landing"], raw.headers["x-request-id"])
     assert rec["input_content"] is None and rec["output_content"] is None
@@ -62,18 +76,36 @@ def test_content_logging_off_keeps_usage_and_metadata(strict_proxy):
 
 def test_pricing_override_from_config(strict_proxy):
     raw = _client(strict_proxy["url"]).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "one two"}], extra_headers={"X-Tenant-ID": "a"})
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "one two"}],
+        extra_headers={"X-Tenant-ID": "a"},
+    )
     usage = raw.parse().usage
     rec = record_of(strict_proxy["landing"], raw.headers["x-request-id"])
-    assert rec["cost_usd"] == pytest.approx((usage.prompt_tokens * 1000 + usage.completion_tokens * 2000) / 1e6)
+    assert rec["cost_usd"] == pytest.approx(
+        (usage.prompt_tokens * 1000 + usage.completion_tokens * 2000) / 1e6
+    )
 
 
 def test_intake_blanks_content_when_content_logging_is_off(strict_proxy):
     rid = str(uuid.uuid4())
-    rec = {"schema_version": "1", "timestamp": datetime.now(UTC).isoformat(), "request_id": rid,
-           "customer_id": "c", "provider": "p", "model": "m", "endpoint": "/v1/chat/completions",
-           "method": "POST", "request_type": "chat", "stream": False, "status": "success", "status_code": 200,
-           "latency_ms": 5, "input_content": '"private"', "output_content": '"private too"'}
+    rec = {
+        "schema_version": "1",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "request_id": rid,
+        "customer_id": "c",
+        "provider": "p",
+        "model": "m",
+        "endpoint": "/v1/chat/completions",
+        "method": "POST",
+        "request_type": "chat",
+        "stream": False,
+        "status": "success",
+        "status_code": 200,
+        "latency_ms": 5,
+        "input_content": '"private"',
+        "output_content": '"private too"',
+    }
     r = httpx.post(strict_proxy["url"] + "/v1/logs", content=json.dumps(rec).encode())
     assert r.json()["accepted"] == 1
     got = record_of(strict_proxy["landing"], rid)
@@ -88,19 +120,33 @@ def test_queue_full_answers_429_when_drop_excess_requests(strict_proxy, mock_ups
 
     def long_stream():
         try:
-            list(client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True,
-                extra_headers={"X-Tenant-ID": "t", "x-marker": marker, "x-mock-chunks": "40",
-                               "x-mock-chunk-delay-ms": "25"}))
+            list(
+                client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": "x"}],
+                    stream=True,
+                    extra_headers={
+                        "X-Tenant-ID": "t",
+                        "x-marker": marker,
+                        "x-mock-chunks": "40",
+                        "x-mock-chunk-delay-ms": "25",
+                    },
+                )
+            )
         finally:
             done.set()
 
     t = threading.Thread(target=long_stream)
     t.start()
-    wait_for(lambda: [r for r in mock_requests(mock_upstream) if r["headers"].get("x-marker") == marker], 5,
-             "the stream to reach the upstream")
+    wait_for(
+        lambda: [r for r in mock_requests(mock_upstream) if r["headers"].get("x-marker") == marker],
+        5,
+        "the stream to reach the upstream",
+    )
     with pytest.raises(openai.RateLimitError) as exc:
-        client.embeddings.create(model="text-embedding-3-small", input="x", extra_headers={"X-Tenant-ID": "t"})
+        client.embeddings.create(
+            model="text-embedding-3-small", input="x", extra_headers={"X-Tenant-ID": "t"}
+        )
     assert "landing queue is full" in str(exc.value)
     assert not done.is_set()
     t.join(10)
@@ -113,7 +159,9 @@ def test_queue_full_answers_429_when_drop_excess_requests(strict_proxy, mock_ups
 
 def test_queue_full_applies_backpressure_by_default(tmp_path, mock_upstream, log_dir):
     """queue_size 1 without drop_excess_requests: the second request waits for the slot, then succeeds."""
-    cfg = write_config(tmp_path / "config.json", tmp_path / "landing", mock_upstream.url, proxy={"queue_size": 1})
+    cfg = write_config(
+        tmp_path / "config.json", tmp_path / "landing", mock_upstream.url, proxy={"queue_size": 1}
+    )
     server = start_proxy("proxy-backpressure", cfg, log_dir)
     try:
         client = _client(server.url)
@@ -121,15 +169,23 @@ def test_queue_full_applies_backpressure_by_default(tmp_path, mock_upstream, log
         stream_done = threading.Event()
 
         def long_stream():
-            list(client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True,
-                extra_headers={"x-marker": marker, "x-mock-chunks": "30", "x-mock-chunk-delay-ms": "20"}))
+            list(
+                client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": "x"}],
+                    stream=True,
+                    extra_headers={"x-marker": marker, "x-mock-chunks": "30", "x-mock-chunk-delay-ms": "20"},
+                )
+            )
             stream_done.set()
 
         t = threading.Thread(target=long_stream)
         t.start()
-        wait_for(lambda: [r for r in mock_requests(mock_upstream) if r["headers"].get("x-marker") == marker], 5,
-                 "the stream to reach the upstream")
+        wait_for(
+            lambda: [r for r in mock_requests(mock_upstream) if r["headers"].get("x-marker") == marker],
+            5,
+            "the stream to reach the upstream",
+        )
         raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input="waits")
         assert stream_done.is_set()  # it was answered only once the stream had ended and freed the slot
         t.join(10)
@@ -142,8 +198,12 @@ def test_queue_full_applies_backpressure_by_default(tmp_path, mock_upstream, log
 
 def test_sigterm_finishes_in_flight_requests_and_lands_every_record(tmp_path, mock_upstream, log_dir):
     landing_dir = tmp_path / "landing"
-    cfg = write_config(tmp_path / "config.json", landing_dir, mock_upstream.url,
-                       proxy={"segment_max_age_s": 3600, "flush_interval_s": 5})  # nothing published before exit
+    cfg = write_config(
+        tmp_path / "config.json",
+        landing_dir,
+        mock_upstream.url,
+        proxy={"segment_max_age_s": 3600, "flush_interval_s": 5},
+    )  # nothing published before exit
     server = start_proxy("proxy-sigterm", cfg, log_dir)
     client = _client(server.url)
     marker = uuid.uuid4().hex
@@ -152,19 +212,34 @@ def test_sigterm_finishes_in_flight_requests_and_lands_every_record(tmp_path, mo
         headers = {"x-bf-lh-run": marker, "x-marker": marker}
         if i % 2:
             headers.update({"x-mock-chunks": "20", "x-mock-chunk-delay-ms": "40"})
-            chunks = list(client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": str(i)}], stream=True,
-                extra_headers=headers))
+            chunks = list(
+                client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": str(i)}],
+                    stream=True,
+                    extra_headers=headers,
+                )
+            )
             return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         headers["x-mock-delay-ms"] = "600"
-        return client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": str(i)}],
-                                              extra_headers=headers).choices[0].message.content
+        return (
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": str(i)}], extra_headers=headers
+            )
+            .choices[0]
+            .message.content
+        )
 
     n = 16
     with ThreadPoolExecutor(n) as pool:
         futures = [pool.submit(call, i) for i in range(n)]
-        wait_for(lambda: len([r for r in mock_requests(mock_upstream) if r["headers"].get("x-marker") == marker])
-                 == n, 10, "every request to reach the upstream")
+        wait_for(
+            lambda: (
+                len([r for r in mock_requests(mock_upstream) if r["headers"].get("x-marker") == marker]) == n
+            ),
+            10,
+            "every request to reach the upstream",
+        )
         os.killpg(server.proc.pid, signal.SIGTERM)
         answers = [f.result(timeout=30) for f in futures]
     assert server.proc.wait(timeout=30) == 0
@@ -179,14 +254,19 @@ def test_sigterm_finishes_in_flight_requests_and_lands_every_record(tmp_path, mo
 
 def test_crash_leaves_part_segments_that_the_next_start_publishes(tmp_path, mock_upstream, log_dir):
     landing_dir = tmp_path / "landing"
-    cfg = write_config(tmp_path / "config.json", landing_dir, mock_upstream.url,
-                       proxy={"segment_max_age_s": 3600, "flush_interval_s": 0.05})
+    cfg = write_config(
+        tmp_path / "config.json",
+        landing_dir,
+        mock_upstream.url,
+        proxy={"segment_max_age_s": 3600, "flush_interval_s": 0.05},
+    )
     server = start_proxy("proxy-crash", cfg, log_dir)
     client = _client(server.url)
     ids = []
     for i in range(5):
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": str(i)}])
+            model="gpt-4o-mini", messages=[{"role": "user", "content": str(i)}]
+        )
         ids.append(raw.headers["x-request-id"])
 
     def flushed():
@@ -207,10 +287,22 @@ def test_crash_leaves_part_segments_that_the_next_start_publishes(tmp_path, mock
 
 
 def test_proxy_imports_no_pipeline_engine(tmp_path):
-    cfg = write_config(tmp_path / "config.json", tmp_path / "landing", "http://127.0.0.1:9",
-                       extra={"log_exports": {"exports": [{
-                           "name": "daily", "schedule": "daily",
-                           "destination": {"type": "local", "config": {"path": str(tmp_path / "out")}}}]}})
+    cfg = write_config(
+        tmp_path / "config.json",
+        tmp_path / "landing",
+        "http://127.0.0.1:9",
+        extra={
+            "log_exports": {
+                "exports": [
+                    {
+                        "name": "daily",
+                        "schedule": "daily",
+                        "destination": {"type": "local", "config": {"path": str(tmp_path / "out")}},
+                    }
+                ]
+            }
+        },
+    )
     code = (
         "import sys, time; t = time.perf_counter();"
         "from bifrost_pipeline.config import load_config;"
@@ -219,8 +311,13 @@ def test_proxy_imports_no_pipeline_engine(tmp_path):
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'dagster', 'polars', 'duckdb', 'pyarrow', 'pandas'});"
         "print(heavy, round(time.perf_counter() - t, 2))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "TEST_PROVIDER_KEY": "k"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TEST_PROVIDER_KEY": "k"},
+    )
     assert out.returncode == 0, out.stderr
     heavy, seconds = out.stdout.strip().rsplit(" ", 1)
     assert heavy == "[]", f"the proxy imported {heavy}"
@@ -241,16 +338,36 @@ def test_cli_parser_runs_the_proxy_command():
 
 def test_mock_upstream_mode_needs_no_provider(tmp_path, log_dir):
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"landing": {"path": str(tmp_path / "landing")},
-                               "proxy": {"segment_max_age_s": 0.2, "flush_interval_s": 0.05}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "landing": {"path": str(tmp_path / "landing")},
+                "proxy": {"segment_max_age_s": 0.2, "flush_interval_s": 0.05},
+            }
+        )
+    )
     port = __import__("bifrost_pipeline_tests.emulators.servers", fromlist=["free_port"]).free_port()
     from bifrost_pipeline_tests.emulators.servers import start_server
 
-    server = start_server("proxy-mockmode", [sys.executable, "-m", "bifrost_pipeline.proxy", "--config", str(cfg),
-                                             "--port", str(port), "--mock-upstream"], port, log_dir)
+    server = start_server(
+        "proxy-mockmode",
+        [
+            sys.executable,
+            "-m",
+            "bifrost_pipeline.proxy",
+            "--config",
+            str(cfg),
+            "--port",
+            str(port),
+            "--mock-upstream",
+        ],
+        port,
+        log_dir,
+    )
     try:
         raw = _client(server.url).chat.completions.with_raw_response.create(
-            model="openai/gpt-4o", messages=[{"role": "user", "content": "demo"}])
+            model="openai/gpt-4o", messages=[{"role": "user", "content": "demo"}]
+        )
         assert raw.parse().choices[0].message.content.startswith("This is a mock reply")
         rec = record_of(tmp_path / "landing", raw.headers["x-request-id"])
         assert (rec["provider"], rec["model"], rec["status"]) == ("openai", "gpt-4o", "success")
@@ -273,11 +390,16 @@ def test_landed_segments_are_read_by_the_pipeline(proxy_env):
     ids = []
     for i in range(3):
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": f"pipeline {i}"}],
-            extra_headers={"x-bf-lh-case": "pipeline"})
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"pipeline {i}"}],
+            extra_headers={"x-bf-lh-case": "pipeline"},
+        )
         ids.append(raw.headers["x-request-id"])
-    list(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "s"}],
-                                        stream=True))
+    list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "s"}], stream=True
+        )
+    )
     for rid in ids:
         record_of(proxy_env["landing"], rid)
     day = datetime.now(UTC).date()

@@ -34,13 +34,25 @@ def _samples(url: str) -> dict[str, list]:
 
 def test_seed_002_names_and_labels(proxy_env):
     client = openai.OpenAI(base_url=proxy_env["url"] + "/v1", api_key=CLIENT_KEY, max_retries=0)
-    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "m"}],
-                                   extra_headers={"x-bf-prom-team": "search", "x-bf-prom-env": "prod"})
-    list(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "m"}],
-                                        stream=True, extra_headers={"x-bf-prom-team": "search"}))
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "m"}],
+        extra_headers={"x-bf-prom-team": "search", "x-bf-prom-env": "prod"},
+    )
+    list(
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "m"}],
+            stream=True,
+            extra_headers={"x-bf-prom-team": "search"},
+        )
+    )
     try:
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "m"}],
-                                       extra_headers={"x-mock-status": "500", "x-bf-prom-team": "search"})
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "m"}],
+            extra_headers={"x-mock-status": "500", "x-bf-prom-team": "search"},
+        )
     except openai.InternalServerError:
         pass
     samples = _samples(proxy_env["url"])
@@ -53,13 +65,23 @@ def test_seed_002_names_and_labels(proxy_env):
     for name in ("bifrost_stream_first_token_latency_seconds", "bifrost_stream_inter_token_latency_seconds"):
         assert {frozenset(s.labels) for s in samples[name + "_count"]} == {frozenset(base)}
     for name in ("http_requests_total", "http_request_duration_seconds_count"):
-        assert {frozenset(s.labels) for s in samples[name]} == {frozenset({"path", "method", "status"} | CUSTOM)}
+        assert {frozenset(s.labels) for s in samples[name]} == {
+            frozenset({"path", "method", "status"} | CUSTOM)
+        }
 
     def value(name, **labels):
         return sum(s.value for s in samples[name] if all(s.labels.get(k) == v for k, v in labels.items()))
 
-    assert value("bifrost_upstream_requests_total", provider="openai", model="gpt-4o-mini", method="chat",
-                 team="search") >= 3
+    assert (
+        value(
+            "bifrost_upstream_requests_total",
+            provider="openai",
+            model="gpt-4o-mini",
+            method="chat",
+            team="search",
+        )
+        >= 3
+    )
     assert value("bifrost_error_requests_total", status_code="500", team="search") >= 1
     assert value("bifrost_success_requests_total", team="search", env="prod") >= 1
     assert value("bifrost_input_tokens_total", team="search", env="prod") >= 1
@@ -71,14 +93,24 @@ def test_seed_002_names_and_labels(proxy_env):
 
 def test_custom_labels_cannot_explode_cardinality(proxy_env):
     def series(samples):
-        return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "le")))
-                for v in samples.values() for s in v}
+        return {
+            (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "le")))
+            for v in samples.values()
+            for s in v
+        }
 
     series_before = series(_samples(proxy_env["url"]))
     client = openai.OpenAI(base_url=proxy_env["url"] + "/v1", api_key=CLIENT_KEY, max_retries=0)
     for i in range(5):
-        client.embeddings.create(model="text-embedding-3-small", input="x", extra_headers={
-            f"x-bf-prom-random-{i}": "v", "x-bf-prom-user_id": f"user-{i}", "x-bf-prom-team": "t" * 500})
+        client.embeddings.create(
+            model="text-embedding-3-small",
+            input="x",
+            extra_headers={
+                f"x-bf-prom-random-{i}": "v",
+                "x-bf-prom-user_id": f"user-{i}",
+                "x-bf-prom-team": "t" * 500,
+            },
+        )
     after = _samples(proxy_env["url"])
     names = {k for v in after.values() for s in v for k in s.labels}
     assert not any(n.startswith("random") or n == "user_id" for n in names)

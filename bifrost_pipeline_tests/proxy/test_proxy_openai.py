@@ -59,7 +59,12 @@ def test_chat_record_field_by_field(client, proxy_env):
     assert (rec["provider"], rec["model"]) == ("openai", "gpt-4o-mini")
     assert (rec["endpoint"], rec["method"], rec["request_type"]) == ("/v1/chat/completions", "POST", "chat")
     assert rec["stream"] is False
-    assert (rec["status"], rec["status_code"], rec["error_type"], rec["error_message"]) == ("success", 200, None, None)
+    assert (rec["status"], rec["status_code"], rec["error_type"], rec["error_message"]) == (
+        "success",
+        200,
+        None,
+        None,
+    )
     assert rec["finish_reason"] == "stop"
     assert 0 <= rec["latency_ms"] < 5000
     assert rec["time_to_first_token_ms"] is None
@@ -70,8 +75,12 @@ def test_chat_record_field_by_field(client, proxy_env):
     price_in, price_out = Pricing().price("openai", "gpt-4o-mini")
     expected = (rec["input_tokens"] * price_in + rec["output_tokens"] * price_out) / 1e6
     assert rec["cost_usd"] == pytest.approx(expected)
-    assert rec["metadata"] == {"x-tenant-id": "acme", "x-correlation-id": "corr-1", "env": "production",
-                               "region": "us-east-1"}
+    assert rec["metadata"] == {
+        "x-tenant-id": "acme",
+        "x-correlation-id": "corr-1",
+        "env": "production",
+        "region": "us-east-1",
+    }
     assert json.loads(rec["input_content"]) == [{"role": "user", "content": "count these five words"}]
     out = json.loads(rec["output_content"])
     assert out[0]["message"]["content"] == resp.choices[0].message.content
@@ -80,7 +89,8 @@ def test_chat_record_field_by_field(client, proxy_env):
 
 def test_client_key_never_forwarded_nor_landed(client, proxy_env):
     raw = client.chat.completions.with_raw_response.create(
-        model="anthropic/claude-3-haiku", messages=[{"role": "user", "content": "hi"}],
+        model="anthropic/claude-3-haiku",
+        messages=[{"role": "user", "content": "hi"}],
         extra_headers={"x-api-key": "another-client-secret", "x-bf-lh-authorization": "Bearer leaked"},
     )
     rid = raw.headers["x-request-id"]
@@ -107,7 +117,9 @@ def test_provider_key_from_environment(client, proxy_env):
 
 def test_streaming_chat_usage_from_final_chunk(client, proxy_env):
     stream = client.chat.completions.with_raw_response.create(
-        model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "stream it"}], stream=True,
+        model="openai/gpt-4o-mini",
+        messages=[{"role": "user", "content": "stream it"}],
+        stream=True,
         extra_headers={"x-mock-chunks": "6", "x-mock-chunk-delay-ms": "5"},
     )
     rid = stream.headers["x-request-id"]
@@ -120,7 +132,9 @@ def test_streaming_chat_usage_from_final_chunk(client, proxy_env):
     rec = record_of(proxy_env["landing"], rid)
     assert rec["stream"] is True and rec["status"] == "success"
     assert rec["input_tokens"] == 2 and rec["output_tokens"] == 6 and rec["total_tokens"] == 8
-    assert rec["time_to_first_token_ms"] is not None and 0 <= rec["time_to_first_token_ms"] <= rec["latency_ms"]
+    assert (
+        rec["time_to_first_token_ms"] is not None and 0 <= rec["time_to_first_token_ms"] <= rec["latency_ms"]
+    )
     assert rec["latency_ms"] >= 25  # six chunks 5 ms apart
     assert rec["finish_reason"] == "stop"
     assert json.loads(rec["output_content"]) == {"role": "assistant", "content": text}
@@ -128,33 +142,52 @@ def test_streaming_chat_usage_from_final_chunk(client, proxy_env):
 
 
 def test_streaming_chat_client_asked_for_usage(client, proxy_env):
-    chunks = list(client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c"}], stream=True,
-        stream_options={"include_usage": True}, extra_headers={"x-mock-chunks": "3"},
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "a b c"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-mock-chunks": "3"},
+        )
+    )
     usage = [c.usage for c in chunks if c.usage is not None]
     assert len(usage) == 1 and usage[0].prompt_tokens == 3 and usage[0].completion_tokens == 3
 
 
-@pytest.mark.parametrize("kind", ["completions", "completions_stream", "responses", "responses_stream",
-                                  "embeddings", "speech", "transcription", "transcription_stream"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "completions",
+        "completions_stream",
+        "responses",
+        "responses_stream",
+        "embeddings",
+        "speech",
+        "transcription",
+        "transcription_stream",
+    ],
+)
 def test_request_types(client, proxy_env, kind):
     if kind == "completions":
         raw = client.completions.with_raw_response.create(model="gpt-4o-mini", prompt="say hi", max_tokens=4)
         expect = ("text_completion", "/v1/completions", False, 2, 4)
     elif kind == "completions_stream":
-        raw = client.completions.with_raw_response.create(model="gpt-4o-mini", prompt="say hi", max_tokens=4,
-                                                          stream=True)
+        raw = client.completions.with_raw_response.create(
+            model="gpt-4o-mini", prompt="say hi", max_tokens=4, stream=True
+        )
         list(raw.parse())
         expect = ("text_completion", "/v1/completions", True, 2, 4)
     elif kind == "responses":
-        raw = client.responses.with_raw_response.create(model="gpt-4o-mini", input="one two three",
-                                                        extra_headers={"x-mock-chunks": "5"})
+        raw = client.responses.with_raw_response.create(
+            model="gpt-4o-mini", input="one two three", extra_headers={"x-mock-chunks": "5"}
+        )
         assert raw.parse().output_text.split()[0] == "This"
         expect = ("responses", "/v1/responses", False, 3, 5)
     elif kind == "responses_stream":
-        raw = client.responses.with_raw_response.create(model="gpt-4o-mini", input="one two three", stream=True,
-                                                        extra_headers={"x-mock-chunks": "5"})
+        raw = client.responses.with_raw_response.create(
+            model="gpt-4o-mini", input="one two three", stream=True, extra_headers={"x-mock-chunks": "5"}
+        )
         events = list(raw.parse())
         assert events[-1].type == "response.completed"
         expect = ("responses", "/v1/responses", True, 3, 5)
@@ -168,18 +201,29 @@ def test_request_types(client, proxy_env, kind):
         expect = ("speech", "/v1/audio/speech", False, None, None)
     elif kind == "transcription_stream":
         raw = client.audio.transcriptions.with_raw_response.create(
-            model="whisper-1", file=("a.wav", b"\x00" * 1000, "audio/wav"), stream=True)
+            model="whisper-1", file=("a.wav", b"\x00" * 1000, "audio/wav"), stream=True
+        )
         events = list(raw.parse())
-        assert events[-1].type == "transcript.text.done" and events[-1].text == "mock transcription of 1000 bytes"
+        assert (
+            events[-1].type == "transcript.text.done"
+            and events[-1].text == "mock transcription of 1000 bytes"
+        )
         expect = ("transcription", "/v1/audio/transcriptions", True, 10, 5)
     else:
-        raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1",
-                                                                   file=("a.wav", b"\x00" * 1000, "audio/wav"))
+        raw = client.audio.transcriptions.with_raw_response.create(
+            model="whisper-1", file=("a.wav", b"\x00" * 1000, "audio/wav")
+        )
         assert raw.parse().text == "mock transcription of 1000 bytes"
         expect = ("transcription", "/v1/audio/transcriptions", False, 10, 5)
     rec = record_of(proxy_env["landing"], raw.headers["x-request-id"])
     _schema_valid(rec)
-    assert (rec["request_type"], rec["endpoint"], rec["stream"], rec["input_tokens"], rec["output_tokens"]) == expect
+    assert (
+        rec["request_type"],
+        rec["endpoint"],
+        rec["stream"],
+        rec["input_tokens"],
+        rec["output_tokens"],
+    ) == expect
     assert rec["status"] == "success" and rec["status_code"] == 200
     if kind == "embeddings":
         assert json.loads(rec["output_content"]) == {"embeddings": 2, "dimensions": 8}
@@ -187,14 +231,19 @@ def test_request_types(client, proxy_env, kind):
         assert json.loads(rec["input_content"]) == "hello"
         assert json.loads(rec["output_content"])["audio_bytes"] == 1027
     if kind.startswith("transcription"):
-        assert json.loads(rec["input_content"])["file"] == {"name": "a.wav", "bytes": 1000, "content_type": "audio/wav"}
+        assert json.loads(rec["input_content"])["file"] == {
+            "name": "a.wav",
+            "bytes": 1000,
+            "content_type": "audio/wav",
+        }
     if kind.endswith("_stream"):
         assert rec["time_to_first_token_ms"] is not None
 
 
 def test_transcription_with_provider_prefix_rewrites_multipart(client, proxy_env):
-    raw = client.audio.transcriptions.with_raw_response.create(model="openai/whisper-1",
-                                                               file=("b.mp3", b"\x01" * 300, "audio/mpeg"))
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model="openai/whisper-1", file=("b.mp3", b"\x01" * 300, "audio/mpeg")
+    )
     assert raw.parse().text == "mock transcription of 300 bytes"
     seen = [r for r in mock_requests(proxy_env["mock"]) if r["path"] == "/v1/audio/transcriptions"][-1]
     assert seen["body"]["model"] == "whisper-1" and seen["body"]["file_bytes"] == 300
@@ -208,15 +257,23 @@ def test_unknown_model_is_rejected_with_a_clear_message(client):
     assert "no provider serves model 'no-such-model'" in str(exc.value)
 
 
-@pytest.mark.parametrize("status,exc_type,etype", [
-    (500, openai.InternalServerError, "api_error"),
-    (429, openai.RateLimitError, "rate_limit_error"),
-    (401, openai.AuthenticationError, "authentication_error"),
-])
-def test_upstream_error_gives_error_record_and_the_upstream_status(client, proxy_env, status, exc_type, etype):
+@pytest.mark.parametrize(
+    "status,exc_type,etype",
+    [
+        (500, openai.InternalServerError, "api_error"),
+        (429, openai.RateLimitError, "rate_limit_error"),
+        (401, openai.AuthenticationError, "authentication_error"),
+    ],
+)
+def test_upstream_error_gives_error_record_and_the_upstream_status(
+    client, proxy_env, status, exc_type, etype
+):
     with pytest.raises(exc_type) as exc:
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                       extra_headers={"x-mock-status": str(status)})
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-mock-status": str(status)},
+        )
     assert exc.value.status_code == status
     rec = record_of(proxy_env["landing"], exc.value.response.headers["x-request-id"])
     assert (rec["status"], rec["status_code"], rec["error_type"]) == ("error", status, etype)
@@ -226,8 +283,14 @@ def test_upstream_error_gives_error_record_and_the_upstream_status(client, proxy
 
 def test_upstream_error_on_a_stream_request(client, proxy_env):
     with pytest.raises(openai.InternalServerError) as exc:
-        list(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                            stream=True, extra_headers={"x-mock-status": "503"}))
+        list(
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "x"}],
+                stream=True,
+                extra_headers={"x-mock-status": "503"},
+            )
+        )
     assert exc.value.status_code == 503
     rec = record_of(proxy_env["landing"], exc.value.response.headers["x-request-id"])
     assert rec["stream"] is True and (rec["status"], rec["status_code"]) == ("error", 503)
@@ -235,8 +298,11 @@ def test_upstream_error_on_a_stream_request(client, proxy_env):
 
 def test_upstream_timeout(client, proxy_env):
     with pytest.raises(openai.APIStatusError) as exc:
-        client.chat.completions.create(model="slow/gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                       extra_headers={"x-mock-delay-ms": "3000"})
+        client.chat.completions.create(
+            model="slow/gpt-4o-mini",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-mock-delay-ms": "3000"},
+        )
     assert exc.value.status_code == 504
     rec = record_of(proxy_env["landing"], exc.value.response.headers["x-request-id"])
     assert (rec["status"], rec["status_code"], rec["error_type"]) == ("error", 504, "timeout")
@@ -255,7 +321,9 @@ def test_mid_stream_client_disconnect_still_lands_a_record(proxy_env):
     body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "long"}]}
     headers = {"x-mock-chunks": "200", "x-mock-chunk-delay-ms": "20", "authorization": f"Bearer {CLIENT_KEY}"}
     with httpx.Client(timeout=10) as http:
-        with http.stream("POST", proxy_env["url"] + "/v1/chat/completions", json=body, headers=headers) as resp:
+        with http.stream(
+            "POST", proxy_env["url"] + "/v1/chat/completions", json=body, headers=headers
+        ) as resp:
             rid = resp.headers["x-request-id"]
             got = b""
             for chunk in resp.iter_raw():
@@ -273,7 +341,9 @@ def test_mid_stream_client_disconnect_still_lands_a_record(proxy_env):
 
 
 def test_request_id_header_on_every_proxied_answer(proxy_env):
-    r = httpx.post(proxy_env["url"] + "/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"})
+    r = httpx.post(
+        proxy_env["url"] + "/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"}
+    )
     assert r.status_code == 200 and len(r.headers["x-request-id"]) == 36
     bad = httpx.post(proxy_env["url"] + "/v1/embeddings", content=b"{not json")
     assert bad.status_code == 400 and "not JSON" in bad.json()["error"]["message"]

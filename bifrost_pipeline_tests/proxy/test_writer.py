@@ -30,7 +30,8 @@ def test_rotating_writer_rotates_by_size_and_routes_by_hour(tmp_path):
     for i in range(100):
         rw.write(H1 if i % 2 else H2, [json.dumps({"i": i, "pad": "x" * 40}).encode()])
     assert not landing.list_segments(tmp_path, H1.date()) or all(
-        s.size >= 1024 for s in landing.list_segments(tmp_path, H1.date()))
+        s.size >= 1024 for s in landing.list_segments(tmp_path, H1.date())
+    )
     rw.close()
     segs = landing.list_segments(tmp_path, H1.date())
     assert {s.hour for s in segs} == {13, 14} and len(segs) >= 6
@@ -49,8 +50,14 @@ def test_rotating_writer_rotates_by_age(tmp_path):
 
 
 def _writer(tmp_path, size, on_wait=None):
-    return LandingWriter(tmp_path, queue_size=size, segment_max_bytes=10**9, segment_max_age_s=3600,
-                         flush_interval_s=0.05, on_wait=on_wait)
+    return LandingWriter(
+        tmp_path,
+        queue_size=size,
+        segment_max_bytes=10**9,
+        segment_max_age_s=3600,
+        flush_interval_s=0.05,
+        on_wait=on_wait,
+    )
 
 
 def test_backpressure_waits_for_the_writer_and_drop_excess_refuses(tmp_path):
