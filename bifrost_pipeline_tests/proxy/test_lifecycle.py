@@ -187,10 +187,14 @@ def test_queue_full_applies_backpressure_by_default(tmp_path, mock_upstream, log
             "the stream to reach the upstream",
         )
         raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input="waits")
-        assert stream_done.is_set()  # it was answered only once the stream had ended and freed the slot
+        assert stream_done.wait(10)
         t.join(10)
         rec = record_of(tmp_path / "landing", raw.headers["x-request-id"])
-        assert rec["status"] == "success"
+        streamed = [r for r in landed(tmp_path / "landing") if r["stream"]]
+        assert rec["status"] == "success" and len(streamed) == 1
+        # It waited for the slot: it ended after the stream ended, having spent most of the stream waiting.
+        assert datetime.fromisoformat(rec["ended_at"]) >= datetime.fromisoformat(streamed[0]["ended_at"])
+        assert rec["latency_ms"] >= 300
         assert "bifrost_proxy_queue_full_waits_total 1.0" in httpx.get(server.url + "/metrics").text
     finally:
         server.stop()
