@@ -14,6 +14,7 @@ _MODULES = {
     "duckdb": "bifrost_pipeline.destinations.duckdb:DuckDBDestination",
     "sql": "bifrost_pipeline.destinations.sql:SQLDestination",
     "snowflake": "bifrost_pipeline.destinations.snowflake:SnowflakeDestination",
+    "bigquery": "bifrost_pipeline.destinations.bigquery:BigQueryDestination",
 }
 
 

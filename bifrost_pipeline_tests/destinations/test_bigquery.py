@@ -1,0 +1,154 @@
+"""The `bigquery` destination: the real google-cloud-bigquery client against local-bigquery 0.3.2."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
+
+from bifrost_pipeline.config import AppConfig, parse_config
+from bifrost_pipeline.destinations import destination_class
+from bifrost_pipeline.destinations.base import DestinationError
+from bifrost_pipeline.destinations.bigquery import BigQueryDestination
+from bifrost_pipeline_tests.destinations import warehouse_data as wd
+from bifrost_pipeline_tests.emulators.servers import free_port
+
+PROJECT = "bifrost-test"
+DATASET = "bifrost_logs"
+
+
+@pytest.fixture(scope="module")
+def bq(bigquery_server):
+    client = bigquery.Client(
+        project=PROJECT, credentials=AnonymousCredentials(), client_options={"api_endpoint": bigquery_server.url}
+    )
+    yield bigquery_server, client
+    client.close()
+
+
+def make(server, export="weekly_bigquery", **config) -> BigQueryDestination:
+    raw = {"project_id": PROJECT, "dataset": DATASET, "api_endpoint": server.url, **config}
+    return BigQueryDestination(BigQueryDestination.Config.model_validate(raw), export_name=export, app=AppConfig())
+
+
+def rows(client, sql) -> list[tuple]:
+    return [tuple(r.values()) for r in client.query(sql).result()]
+
+
+def test_the_seed_keys_load_unchanged_and_the_key_stays_hidden(tmp_path):
+    seed = {
+        "project_id": "your-analytics-project",
+        "dataset": "bifrost_analytics",
+        "table": "weekly_logs",
+        "credentials": {"service_account_key": "${GCP_SERVICE_ACCOUNT_KEY}"},
+    }
+    raw = {"log_exports": {"exports": [{"name": "bq", "schedule": "daily", "destination": {"type": "bigquery", "config": seed}}]}}
+    app = parse_config(raw, env={"GCP_SERVICE_ACCOUNT_KEY": '{"private_key": "-----BEGIN secret-key-555"}'})
+    assert destination_class("bigquery") is BigQueryDestination
+    dest = BigQueryDestination(app.exports[0].destination.config, export_name="bq", app=app)
+    assert dest.describe() == "bigquery:your-analytics-project.bifrost_analytics.weekly_logs"
+    assert "secret-key-555" not in repr(app.exports[0])
+    # A malformed key is reported without being echoed.
+    with pytest.raises(DestinationError) as err:
+        dest.client()
+    assert "service_account_key is not a service account key" in str(err.value)
+    assert "secret-key-555" not in str(err.value)
+    missing = BigQueryDestination.Config.model_validate(
+        {**seed, "credentials": {"service_account_key": str(tmp_path / "nope.json")}}
+    )
+    with pytest.raises(DestinationError, match="names a file that cannot be read"):
+        BigQueryDestination(missing, export_name="bq", app=app).client()
+
+
+def test_table_created_partitioned_clustered_typed_and_reloaded_idempotently(bq, tmp_path):
+    server, client = bq
+    dest = make(server, table="request_logs")
+    first = wd.day_partition("weekly_bigquery", wd.DAYS[0], tmp_path)
+    result = dest.write_partition(first)
+    assert result.rows == {"request_logs": 10}
+    table = client.get_table(f"{PROJECT}.{DATASET}.request_logs")
+    assert table.time_partitioning.field == "timestamp" and table.time_partitioning.type_ == "DAY"
+    assert table.clustering_fields == ["provider", "model"]
+    types = {f.name: (f.field_type, f.mode) for f in table.schema}
+    assert types["timestamp"][0] == "TIMESTAMP"
+    assert types["input_tokens"][0] in ("INTEGER", "INT64") and types["cost_usd"][0] in ("FLOAT", "FLOAT64")
+    assert types["stream"][0] in ("BOOLEAN", "BOOL")
+    assert types["metadata"][0] == "JSON" and types["input_content"][0] == "JSON"
+    assert types["export_partition"] == ("STRING", "REQUIRED")
+
+    dest.write_partition(first)  # a retry
+    dest.write_partition(wd.day_partition("weekly_bigquery", wd.DAYS[1], tmp_path))
+    dest.write_partition(first)  # a backfill
+    counts = dict(rows(client, f"SELECT export_partition, COUNT(*) FROM {DATASET}.request_logs GROUP BY 1"))
+    assert counts == {wd.DAYS[0]: 10, wd.DAYS[1]: 10}
+    team, out_tokens = rows(
+        client,
+        f"SELECT JSON_VALUE(metadata, '$.team'), output_tokens FROM {DATASET}.request_logs "
+        "WHERE request_id = 'req_2024-01-15_3'",
+    )[0]
+    assert team == "t1" and out_tokens is None
+    # No staging table is left behind.
+    assert sorted(t.table_id for t in client.list_tables(DATASET) if t.table_id.startswith("_")) == []
+
+
+def test_a_new_field_becomes_a_nullable_column(bq, tmp_path):
+    server, client = bq
+    dest = make(server, table="evolving")
+    dest.write_partition(wd.day_partition("weekly_bigquery", wd.DAYS[0], tmp_path))
+    assert "region" not in {f.name for f in client.get_table(f"{PROJECT}.{DATASET}.evolving").schema}
+    dest.write_partition(wd.day_partition("weekly_bigquery", wd.DAYS[1], tmp_path, with_region=True))
+    region = {f.name: f for f in client.get_table(f"{PROJECT}.{DATASET}.evolving").schema}["region"]
+    assert (region.field_type, region.mode) == ("STRING", "NULLABLE")
+    got = dict(rows(client, f"SELECT export_partition, COUNT(region) FROM {DATASET}.evolving GROUP BY 1"))
+    assert got == {wd.DAYS[0]: 0, wd.DAYS[1]: 10}
+
+
+def test_aggregate_output_is_partitioned_on_its_date(bq, tmp_path):
+    server, client = bq
+    make(server, table="weekly").write_partition(wd.aggregate_partition("weekly", tmp_path))
+    table = client.get_table(f"{PROJECT}.{DATASET}.weekly_metrics")
+    assert table.time_partitioning.field == "date" and table.clustering_fields == ["provider", "model"]
+    types = {f.name: f.field_type for f in table.schema}
+    assert types["date"] == "DATE" and types["count"] in ("INTEGER", "INT64") and types["total_tokens"] == "BIGNUMERIC"
+    got = rows(client, f"SELECT provider, `count`, total_tokens FROM {DATASET}.weekly_metrics ORDER BY 1")
+    assert [(r[0], int(r[1]), int(r[2])) for r in got] == [("anthropic", 4, 1020), ("openai", 6, 630)]
+
+
+def test_the_analyst_queries_of_the_docs(bq, tmp_path):
+    server, client = bq
+    dest = make(server, table="request_logs")
+    for day in wd.DAYS:
+        dest.write_partition(wd.day_partition("weekly_bigquery", day, tmp_path))
+    queries = wd.doc_queries("bigquery")
+    assert set(queries) == {"cost_by_customer_day", "p95_latency_by_model", "error_rate_by_provider"}
+    wd.check_analyst_answers({name: rows(client, sql) for name, sql in queries.items()})
+
+
+def test_a_million_rows_load_in_seconds(bq, tmp_path):
+    server, client = bq
+    output = wd.million_partition("big", tmp_path)
+    started = time.perf_counter()
+    make(server, table="big").write_partition(output)
+    elapsed = time.perf_counter() - started
+    assert rows(client, f"SELECT COUNT(*) FROM {DATASET}.big") == [(1_000_000,)]
+    print(f"bigquery/local-bigquery: 1,000,000 rows in {elapsed:.1f}s")
+    assert elapsed < 60
+
+
+def test_unreachable_endpoint_is_a_retryable_error_naming_export_and_store(tmp_path):
+    key = json.dumps({"type": "not-a-service-account", "secret": "k-123456"})
+    down = BigQueryDestination(
+        BigQueryDestination.Config.model_validate(
+            {"project_id": PROJECT, "dataset": DATASET, "api_endpoint": f"http://127.0.0.1:{free_port()}", "retry_deadline": 2}
+        ),
+        export_name="weekly_bigquery",
+        app=AppConfig(),
+    )
+    with pytest.raises(DestinationError) as err:
+        down.write_partition(wd.day_partition("weekly_bigquery", wd.DAYS[0], tmp_path))
+    assert str(err.value).startswith(f"export 'weekly_bigquery' -> bigquery:{PROJECT}.{DATASET}.weekly_bigquery")
+    assert f"cannot use dataset {PROJECT}.{DATASET}" in str(err.value) and err.value.retryable
+    assert "k-123456" not in key.replace("k-123456", "") + str(err.value)
