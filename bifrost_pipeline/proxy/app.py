@@ -537,9 +537,16 @@ class ProxyApp:
                     rec["error_type"] = (
                         "cancelled" if isinstance(err, asyncio.CancelledError) else "proxy_error"
                     )
-                    rec["error_message"] = f"{type(err).__name__}: {err}"[:2000]
-                rec["ended_at"] = iso(datetime.now(UTC))
-                rec["latency_ms"] = int((time.perf_counter() - t0) * 1000)
+                    rec["error_message"] = (
+                        "the proxy shut down (proxy.shutdown_grace_s) before the request ended"
+                        if isinstance(err, asyncio.CancelledError)
+                        else f"{type(err).__name__}: {err}"[:2000]
+                    )
+                try:  # keep what is known: usage and text received so far, timings
+                    self._finish(rec, req, form, None, "", state, t0)
+                except Exception:
+                    rec["ended_at"] = iso(datetime.now(UTC))
+                    rec["latency_ms"] = int((time.perf_counter() - t0) * 1000)
                 self.writer.submit(hour_key(started), rec)
                 submitted = True
             if not isinstance(err, asyncio.CancelledError):
@@ -695,13 +702,23 @@ class ProxyApp:
 
         pump_task = asyncio.ensure_future(pump())
         watch_task = asyncio.ensure_future(watch())
+        cancelled = False
         try:
             await asyncio.wait((pump_task, watch_task), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            cancelled = True  # the proxy is shutting down past its grace period
+            raise
         finally:
             if not pump_task.done():
                 pump_task.cancel()
-                rec["status"], rec["status_code"], rec["error_type"] = "error", 499, "client_disconnected"
-                rec["error_message"] = f"the client closed the connection after {state.events} event(s)"
+                if cancelled:
+                    rec["status"], rec["status_code"], rec["error_type"] = "error", 503, "cancelled"
+                    rec["error_message"] = (
+                        f"the proxy shut down (proxy.shutdown_grace_s) after {state.events} event(s)"
+                    )
+                else:
+                    rec["status"], rec["status_code"], rec["error_type"] = "error", 499, "client_disconnected"
+                    rec["error_message"] = f"the client closed the connection after {state.events} event(s)"
             watch_task.cancel()
             await asyncio.gather(pump_task, watch_task, return_exceptions=True)
         if pump_task.done() and not pump_task.cancelled() and pump_task.exception() is not None:

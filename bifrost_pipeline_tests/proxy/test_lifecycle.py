@@ -431,3 +431,38 @@ def test_demo_traffic_lands_records(tmp_path):
     assert {r["status"] for r in recs} == {"success", "error"}
     assert {r["provider"] for r in recs} >= {"openai", "anthropic"}
     assert all(r["metadata"]["source"] == "demo" for r in recs)
+
+
+def test_sigterm_past_the_grace_period_cuts_streams_but_lands_their_records(tmp_path, mock_upstream, log_dir):
+    landing_dir = tmp_path / "landing"
+    cfg = write_config(
+        tmp_path / "config.json",
+        landing_dir,
+        mock_upstream.url,
+        proxy={"segment_max_age_s": 3600, "flush_interval_s": 5, "shutdown_grace_s": 0.5},
+    )
+    server = start_proxy("proxy-grace", cfg, log_dir)
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "long"}]}
+    headers = {"x-mock-chunks": "100", "x-mock-chunk-delay-ms": "50"}  # a 5 s stream
+    with httpx.Client(timeout=20) as http:
+        with http.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers) as resp:
+            rid = resp.headers["x-request-id"]
+            got = b""
+            chunks = resp.iter_raw()
+            for chunk in chunks:
+                got += chunk
+                if got.count(b"data:") >= 2:
+                    break
+            os.killpg(server.proc.pid, signal.SIGTERM)
+            try:
+                for chunk in chunks:
+                    got += chunk
+            except httpx.HTTPError:
+                pass  # the connection is cut when the grace period ends
+    assert server.proc.wait(timeout=30) == 0
+    assert b"[DONE]" not in got  # the stream did not get to its end
+    (rec,) = [r for r in landed(landing_dir) if r["request_id"] == rid]
+    assert (rec["status"], rec["status_code"], rec["error_type"]) == ("error", 503, "cancelled")
+    assert rec["latency_ms"] < 4000 and not list(landing_dir.rglob("*.part"))
+    assert rec["time_to_first_token_ms"] is not None
+    assert json.loads(rec["output_content"])["content"].startswith("This is")  # the text received so far
