@@ -15,6 +15,7 @@ _MODULES = {
     "sql": "bifrost_pipeline.destinations.sql:SQLDestination",
     "snowflake": "bifrost_pipeline.destinations.snowflake:SnowflakeDestination",
     "bigquery": "bifrost_pipeline.destinations.bigquery:BigQueryDestination",
+    "redshift": "bifrost_pipeline.destinations.redshift:RedshiftDestination",
 }
 
 
