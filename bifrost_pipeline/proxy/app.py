@@ -182,6 +182,7 @@ class ProxyApp:
             "/metrics": self._metrics,
             "/v1/logs": self._logs,
             "/v1/traces": self._traces,
+            "/v1/models": self._models,
         }
 
     def use_mock_at(self, base_url: str) -> None:
@@ -313,6 +314,13 @@ class ProxyApp:
             "writer_error": type(self.writer.error).__name__ if self.writer.error else None,
         }
         return await self._send(send, 200 if doc["status"] == "ok" else 503, orjson.dumps(doc))
+
+    async def _models(self, scope, receive, send) -> int:
+        """The configured models, as OpenAI's model list (tools call it to fill their model pickers)."""
+        data = []
+        for name, model in sorted((p, m) for m, p in self.router.by_model.items()):
+            data.append({"id": model, "object": "model", "created": 0, "owned_by": name})
+        return await self._send(send, 200, orjson.dumps({"object": "list", "data": data}))
 
     async def _metrics(self, scope, receive, send) -> int:
         body, ctype = self.metrics.render()

@@ -352,3 +352,8 @@ def test_request_id_header_on_every_proxied_answer(proxy_env):
 def test_health(proxy_env):
     doc = httpx.get(proxy_env["url"] + "/health").json()
     assert doc["status"] == "ok" and doc["landing_writer"] == "running"
+
+
+def test_models_lists_the_configured_models(client):
+    models = {m.id: m.owned_by for m in client.models.list()}
+    assert models["gpt-4o-mini"] == "openai" and models["claude-3-haiku"] == "anthropic"
