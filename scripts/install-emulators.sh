@@ -3,3 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .emulators
+
+# Each store's installer (scripts/emulators/*.sh) is idempotent; run them all.
+for installer in scripts/emulators/*.sh; do
+  [ -e "$installer" ] || continue
+  echo "== $installer"
+  bash "$installer"
+done
