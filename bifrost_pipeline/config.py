@@ -386,6 +386,9 @@ class PipelineConfig(Strict):
     quarantine_max_share: Annotated[float, Field(ge=0, le=1)] = 0.01
     duckdb_memory_limit: str = "1GB"
     sensor_interval_s: Annotated[int, Field(ge=5)] = 30
+    # A failed export step (raw day missing or stale, store unreachable) is retried with backoff.
+    export_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    export_retry_delay_s: Annotated[float, Field(ge=0)] = 30.0
 
 
 class AppConfig(Strict):

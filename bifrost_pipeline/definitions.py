@@ -45,9 +45,8 @@ def build_definitions(app: AppConfig, path: str) -> dg.Definitions:
     )
 
 
-def _load() -> dg.Definitions:
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Loaded when Dagster loads the code location, from $BIFROST_PIPELINE_CONFIG or ./bifrost_pipeline.yaml."""
     path = config_path().resolve()
     return build_definitions(load_config(path), str(path))
-
-
-defs = _load()

@@ -238,8 +238,9 @@ def run_export(
             + " (UTC days); materialize those raw_logs partitions first"
         )
     lf = pl.scan_parquet([raw_path(app, d) for d in days])
-    lf = lf.filter((pl.col("timestamp") >= start) & (pl.col("timestamp") < end))
-    lf = filter_records(lf, export.data.filters, end)
+    start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
+    lf = lf.filter((pl.col("timestamp") >= start_utc) & (pl.col("timestamp") < end_utc))
+    lf = filter_records(lf, export.data.filters, end_utc)
     variables = {
         "EXPORT_TIMESTAMP": exported_at.isoformat().replace("+00:00", "Z"),
         "EXPORT_VERSION": EXPORT_VERSION,

@@ -14,8 +14,6 @@ from bifrost_pipeline.destinations.base import DestinationError
 from bifrost_pipeline.exports import partition_window, run_export, utc_days
 
 WAREHOUSE_KINDS = {"duckdb", "snowflake", "bigquery", "redshift", "sql"}
-# Retries help with a stale or missing raw day (the landing sensor refreshes it) and with flaky stores.
-RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 
 
 def job_name(export: ExportConfig) -> str:
@@ -71,7 +69,12 @@ def build_export_asset(app: AppConfig, export: ExportConfig) -> dg.AssetsDefinit
             f"at {export.schedule.time} {export.schedule.timezone}."
         ),
         kinds={kind, export.data.format},
-        retry_policy=RETRY,
+        # Retries help with a stale or missing raw day (the landing sensor refreshes it) and flaky stores.
+        retry_policy=dg.RetryPolicy(
+            max_retries=app.pipeline.export_retries,
+            delay=app.pipeline.export_retry_delay_s,
+            backoff=dg.Backoff.EXPONENTIAL,
+        ),
         op_tags=tags,
         metadata={"destination": destination.describe(), "format": export.data.format},
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
@@ -19,9 +19,9 @@ def filter_records(lf: pl.LazyFrame, filters: Filters, window_end: datetime) -> 
         conditions.append(ts >= window_end - timedelta(days=DATE_RANGES[filters.date_range]))
     elif isinstance(filters.date_range, DateRange):
         if filters.date_range.start is not None:
-            conditions.append(ts >= filters.date_range.start)
+            conditions.append(ts >= filters.date_range.start.astimezone(UTC))
         if filters.date_range.end is not None:
-            conditions.append(ts <= filters.date_range.end)
+            conditions.append(ts <= filters.date_range.end.astimezone(UTC))
     if filters.providers is not None:
         conditions.append(pl.col("provider").is_in(filters.providers))
     if filters.models is not None:

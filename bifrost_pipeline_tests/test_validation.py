@@ -1,0 +1,124 @@
+import json
+
+import polars as pl
+import pytest
+
+from bifrost_pipeline import landing, validation
+from bifrost_pipeline_tests.helpers import DAY, land, make_app, record, utc
+
+BAD_CORPUS = [
+    (b'{"request_id": "x", "timestamp": ', "malformed JSON"),
+    (b"plain text", "malformed JSON"),
+    (b'["not", "an", "object"]', "expected a JSON object, got list"),
+    (b'"just a string"', "expected a JSON object, got str"),
+    (b"\xff\xfe{}", "not valid UTF-8"),
+    (json.dumps(record(stream="yes")).encode(), "stream: 'yes' is not of type 'boolean'"),
+    (json.dumps(record(status_code="200")).encode(), "status_code: '200' is not of type 'integer'"),
+    (json.dumps(record(latency_ms=1.5)).encode(), "latency_ms: 1.5 is not of type 'integer'"),
+    (json.dumps(record(status_code=700)).encode(), "status_code: 700 is above the maximum 599"),
+    (json.dumps(record(latency_ms=-3)).encode(), "latency_ms: -3 is below the minimum 0"),
+    (json.dumps(record(status="ok")).encode(), "status: ok is not one of success, error"),
+    (json.dumps(record(request_type="chat.completion")).encode(), "request_type: chat.completion is not one of"),
+    (json.dumps(record(request_id="")).encode(), "request_id: must not be empty"),
+    (json.dumps({k: v for k, v in record().items() if k != "customer_id"}).encode(), "customer_id: required"),
+    (json.dumps(record(model=None)).encode(), "model: required"),
+    (json.dumps(record(timestamp="2024-01-15 10:30")).encode(), "timestamp: 2024-01-15 10:30 is not an RFC 3339"),
+    (json.dumps(record(timestamp="2024-01-15T10:30:00")).encode(), "is not an RFC 3339 date-time with a zone"),
+    (json.dumps(record(timestamp="2024-01-16T00:00:00Z")).encode(), "is outside the partition day 2024-01-15"),
+    (json.dumps(record(metadata="tenant=acme")).encode(), "metadata: expected an object of strings"),
+    (json.dumps(record(schema_version="2")).encode(), "schema_version: 2 is not one of 1"),
+]
+
+
+def test_bad_lines_are_quarantined_with_line_and_reason_and_nothing_is_lost(tmp_path):
+    app = make_app(tmp_path)
+    lines = []
+    for i, (bad, _) in enumerate(BAD_CORPUS):
+        lines.append(record(request_id=f"good_{i}"))
+        lines.append(bad)
+    lines.append(record(request_id="good_last"))
+    seg = land(app, lines, when=utc(2024, 1, 15, 10))
+    result = validation.validate_day(app, DAY)
+
+    assert result.lines == len(lines)
+    assert result.valid_rows == len(BAD_CORPUS) + 1
+    assert result.quarantined_rows == len(BAD_CORPUS)
+    q = pl.read_parquet(result.quarantine_path).sort("line")
+    assert q["line"].to_list() == [2 * (i + 1) for i in range(len(BAD_CORPUS))]
+    assert set(q["segment"]) == {seg.relative_to(app.landing_dir).as_posix()}
+    for (bad, reason), row in zip(BAD_CORPUS, q.iter_rows(named=True), strict=True):
+        assert reason in row["reason"], (bad, row["reason"])
+        assert row["raw"] == bad.decode("utf-8", "replace")
+    raw = pl.read_parquet(result.raw_path)
+    assert sorted(raw["request_id"]) == sorted([f"good_{i}" for i in range(len(BAD_CORPUS))] + ["good_last"])
+
+
+def test_a_record_breaking_several_rules_gets_every_reason(tmp_path):
+    app = make_app(tmp_path)
+    land(app, [record(status="ok", status_code=99, latency_ms=-1)])
+    result = validation.validate_day(app, DAY)
+    (reason,) = pl.read_parquet(result.quarantine_path)["reason"].to_list()
+    assert "status: ok is not one of" in reason and "status_code: 99 is below" in reason
+    assert "latency_ms: -1 is below" in reason
+
+
+def test_typed_values_round_trip(tmp_path):
+    app = make_app(tmp_path)
+    land(app, [record(timestamp="2024-01-15T12:30:00.123456+02:00", stream=True, retries=2)])
+    result = validation.validate_day(app, DAY)
+    row = pl.read_parquet(result.raw_path).row(0, named=True)
+    assert row["timestamp"] == utc(2024, 1, 15, 10, 30, 0, 123456)
+    assert row["stream"] is True and row["retries"] == 2 and row["status_code"] == 200
+    assert json.loads(row["metadata"]) == {"x-tenant-id": "acme"}
+    assert row["user_id"] is None  # absent optional field -> null
+
+
+@pytest.mark.parametrize("block_bytes", [64, 700, 1 << 20])
+def test_block_boundaries_and_blank_lines_keep_line_numbers(tmp_path, block_bytes):
+    app = make_app(tmp_path)
+    lines = [json.dumps(record(request_id=f"r{i}")).encode() for i in range(30)]
+    lines[7] = b""
+    lines[8] = b"   "
+    lines[20] = b"{broken"
+    path = landing.write_segment(app.landing_dir, [ln for ln in lines], utc(2024, 1, 15, 3))
+    # write_segment appends newlines; blank entries become empty lines
+    assert path.read_bytes().count(b"\n") == 30
+    result = validation.validate_day(app, DAY, block_bytes=block_bytes)
+    assert result.valid_rows == 27 and result.quarantined_rows == 1 and result.blank_lines == 2
+    assert pl.read_parquet(result.quarantine_path)["line"].to_list() == [21]
+
+
+def test_revalidating_a_day_replaces_it_and_incomplete_segments_are_ignored(tmp_path):
+    app = make_app(tmp_path)
+    land(app, [record(request_id="a")])
+    assert validation.validate_day(app, DAY).valid_rows == 1
+    land(app, [record(request_id="b"), b"junk"])
+    # a segment still being written is invisible
+    part = landing.SegmentFile(app.landing_dir, "writer", utc(2024, 1, 15, 11))
+    part.write_lines([json.dumps(record(request_id="c")).encode()])
+    part.flush()
+    result = validation.validate_day(app, DAY)
+    assert (result.valid_rows, result.quarantined_rows, result.segments) == (2, 1, 2)
+    assert sorted(pl.read_parquet(result.raw_path)["request_id"]) == ["a", "b"]
+    part.publish()
+    assert validation.validate_day(app, DAY).valid_rows == 3
+
+
+def test_an_empty_day_gives_empty_outputs(tmp_path):
+    app = make_app(tmp_path)
+    result = validation.validate_day(app, DAY)
+    assert result.valid_rows == 0 and result.segments == 0
+    assert pl.read_parquet(result.raw_path).height == 0
+    assert pl.read_parquet(result.quarantine_path).height == 0
+
+
+def test_recover_publishes_a_crashed_writers_segment_up_to_its_last_line(tmp_path):
+    app = make_app(tmp_path)
+    part = landing.SegmentFile(app.landing_dir, "crashy", utc(2024, 1, 15, 9))
+    part.write_lines([json.dumps(record(request_id="kept")).encode()])
+    part._fh.write(b'{"request_id": "half')  # the process died mid-line
+    part.flush()
+    (published,) = landing.recover(app.landing_dir)
+    assert published.read_bytes().endswith(b"}\n")
+    result = validation.validate_day(app, DAY)
+    assert result.valid_rows == 1 and result.quarantined_rows == 0
