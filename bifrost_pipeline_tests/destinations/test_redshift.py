@@ -156,7 +156,7 @@ def test_insert_loads_a_hundred_thousand_rows_in_bounded_batches(redshift_standi
     assert elapsed < 60
 
 
-def test_the_s3_staging_half_against_moto(redshift_standin, warehouse_moto, aws_env, tmp_path):
+def test_the_s3_staging_half_against_moto(redshift_standin, warehouse_moto, aws_env, million_file, tmp_path):
     s3 = boto3.client("s3", endpoint_url=warehouse_moto.url, region_name="us-east-1")
     s3.create_bucket(Bucket="bifrost-staging")
     dest = make(
@@ -167,7 +167,7 @@ def test_the_s3_staging_half_against_moto(redshift_standin, warehouse_moto, aws_
                     "access_key_id": "testing", "secret_access_key": "testing"},
     )
     assert dest.config.method == "copy"
-    output = wd.million_partition("daily_redshift", tmp_path)  # a million rows: one multipart upload
+    output = wd.partition("daily_redshift", "2024-02-01", [million_file])  # a million rows: a multipart upload
     (f,) = output.files
     started = time.perf_counter()
     key = dest.stage(dest.s3_client(), f, output)
