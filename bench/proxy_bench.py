@@ -287,6 +287,7 @@ def main() -> None:
         loadgen_main(args)
         return
 
+    load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     procs: list[subprocess.Popen] = []
     try:
@@ -428,6 +429,19 @@ def main() -> None:
                 other = {k: v for k, v in r["statuses"].items() if k != "200"}
                 if other:
                     print(f"{'':8}{'':14} not ok: {other}")
+        busy = [
+            r
+            for (rt, n, r) in results
+            if n == "direct (mock)" and (r["lag_p99_ms"] > 5 or _pct(r["latencies"], 99) * 1000 > 5)
+        ]
+        print()
+        print(f"load average (1 min) at the start {load_start:.2f}, at the end {os.getloadavg()[0]:.2f}")
+        if busy:
+            print(
+                "WARNING: the machine was busy during this run (the direct target's p99 or the client's lag "
+                "went over 5 ms): the p99 figures measure the machine more than the proxy; run it again when "
+                "nothing else runs."
+            )
         print()
         print(
             f"records landed by the bifrost proxy: {landed} of {sent_to_proxy} requests sent "
