@@ -16,6 +16,9 @@ _MODULES = {
     "snowflake": "bifrost_pipeline.destinations.snowflake:SnowflakeDestination",
     "bigquery": "bifrost_pipeline.destinations.bigquery:BigQueryDestination",
     "redshift": "bifrost_pipeline.destinations.redshift:RedshiftDestination",
+    "s3": "bifrost_pipeline.destinations.s3:S3Destination",
+    "gcs": "bifrost_pipeline.destinations.gcs:GCSDestination",
+    "azure_blob": "bifrost_pipeline.destinations.azure_blob:AzureBlobDestination",
 }
 
 

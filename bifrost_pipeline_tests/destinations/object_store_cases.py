@@ -53,10 +53,10 @@ def compress(data: bytes, codec: str) -> bytes:
     if codec == "gzip":
         return gzip.compress(data, mtime=0)
     if codec == "zstd":
-        sink = io.BytesIO()
+        sink = pa.BufferOutputStream()
         with pa.CompressedOutputStream(sink, "zstd") as out:
             out.write(data)
-        return sink.getvalue()
+        return sink.getvalue().to_pybytes()
     return data
 
 
