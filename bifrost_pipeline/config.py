@@ -329,6 +329,9 @@ class ClientConfig(Strict):
     logging_headers: list[str] = Field(default_factory=list)
     required_headers: list[str] = Field(default_factory=list)
     prometheus_labels: list[str] = Field(default_factory=list)
+    # Distinct values kept per client-controlled metric label (custom labels, provider, model); more are
+    # counted as "__other__" so that a client cannot grow the number of series without bound.
+    prometheus_max_label_values: Annotated[int, Field(ge=1)] = 1000
     disable_content_logging: bool = False
     # Kept from Bifrost's config.json: when the landing queue is full, answer 429 instead of waiting.
     drop_excess_requests: bool = False

@@ -151,7 +151,7 @@ class ProxyApp:
         self.config = app
         self.client = app.client
         self.proxy = app.proxy
-        self.metrics = Metrics(self.client.prometheus_labels)
+        self.metrics = Metrics(self.client.prometheus_labels, self.client.prometheus_max_label_values)
         self.pricing = Pricing(self.proxy.pricing)
         self.logging_headers = tuple(h.lower() for h in self.client.logging_headers)
         self.required_headers = tuple(self.client.required_headers)

@@ -7,13 +7,17 @@ value is cut to ``MAX_LABEL_VALUE`` characters, so a client cannot create new se
 
 from __future__ import annotations
 
+import logging
 import re
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+log = logging.getLogger("bifrost_pipeline.proxy.metrics")
+
 PROM_HEADER_PREFIX = "x-bf-prom-"
 MAX_LABEL_VALUE = 64
+OTHER = "__other__"
 
 BASE_LABELS = (
     "provider",
@@ -55,8 +59,12 @@ def custom_label_name(configured: str) -> str:
 
 
 class Metrics:
-    def __init__(self, custom_labels: list[str]):
+    def __init__(self, custom_labels: list[str], max_label_values: int = 1000):
         self.registry = CollectorRegistry(auto_describe=True)
+        # Values a client controls (custom labels, provider and model names) are capped per label: past
+        # max_label_values distinct values, new ones are counted under OTHER (and logged once per label).
+        self.max_label_values = max_label_values
+        self._seen: dict[str, set[str]] = {}
         # header name (lower case, after the prefix) -> label name
         self.custom = {}
         for name in custom_labels:
@@ -156,14 +164,36 @@ class Metrics:
         """Values of the configured custom labels from ``x-bf-prom-<name>`` headers ("" when absent)."""
         if not self.custom:
             return ()
-        return tuple(headers.get(PROM_HEADER_PREFIX + h, "")[:MAX_LABEL_VALUE] for h in self.custom)
+        return tuple(
+            self.cap(label, headers.get(PROM_HEADER_PREFIX + h, "")[:MAX_LABEL_VALUE])
+            for h, label in self.custom.items()
+        )
+
+    def cap(self, label: str, value: str) -> str:
+        seen = self._seen.get(label)
+        if seen is None:
+            seen = self._seen[label] = set()
+        if value in seen:
+            return value
+        if len(seen) >= self.max_label_values:
+            if OTHER not in seen:
+                seen.add(OTHER)
+                log.warning(
+                    "metrics: label %r has %d distinct values; further ones are counted as %r",
+                    label,
+                    self.max_label_values,
+                    OTHER,
+                )
+            return OTHER
+        seen.add(value)
+        return value
 
     def base_values(self, provider: str, model: str, request_type: str) -> tuple[str, ...]:
         # The proxy has no virtual keys, routing rules, retries or fallbacks: those labels are present
         # (dashboards written for Bifrost keep working) with neutral values.
         return (
-            provider,
-            model,
+            self.cap("provider", provider),
+            self.cap("model", model),
             METHOD_LABEL.get(request_type, request_type),
             "",
             "",

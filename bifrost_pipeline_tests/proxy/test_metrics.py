@@ -128,3 +128,26 @@ def test_unmatched_paths_share_one_label(proxy_env):
     samples = _samples(proxy_env["url"])
     paths = {s.labels["path"] for s in samples["http_requests_total"]}
     assert "unmatched" in paths and not any(p.startswith("/nope") for p in paths)
+
+
+def test_label_values_a_client_controls_are_capped(caplog):
+    from bifrost_pipeline.proxy.metrics import OTHER, Metrics
+
+    m = Metrics(["team"], max_label_values=3)
+    for i in range(6):
+        custom = m.custom_values({"x-bf-prom-team": f"t{i}"})
+        rec = {
+            "provider": "openai",
+            "model": f"model-{i}",
+            "request_type": "chat",
+            "status": "success",
+            "status_code": 200,
+            "input_tokens": 1,
+        }
+        m.observe_record(rec, 0.01, custom, [])
+    fams = {f.name: f for f in text_string_to_metric_families(m.render()[0].decode())}
+    samples = fams["bifrost_upstream_requests"].samples
+    assert {s.labels["team"] for s in samples} == {"t0", "t1", "t2", OTHER}
+    assert {s.labels["model"] for s in samples} == {"model-0", "model-1", "model-2", OTHER}
+    assert sum(s.value for s in samples if s.labels["team"] == OTHER) == 3
+    assert "label 'team' has 3 distinct values" in caplog.text
