@@ -116,10 +116,15 @@ def gcs_emulator(object_store_logs):
 def no_cloud_metadata(monkeypatch):
     """Nothing in a test may ask the cloud metadata server (169.254.169.254) for a token: point google-auth
     at a closed loopback port and keep ambient credentials out of the tests."""
+    from google.auth.compute_engine import _metadata
+
     closed = "127.0.0.1:9"
     monkeypatch.setenv("GCE_METADATA_HOST", closed)
     monkeypatch.setenv("GCE_METADATA_IP", closed)
-    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    # google-auth reads these two when it is first imported: set them on the module too.
+    monkeypatch.setattr(_metadata, "_GCE_METADATA_HOST", closed)
+    monkeypatch.setattr(_metadata, "_NO_GCE_CHECK", True)
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
