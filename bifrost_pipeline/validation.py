@@ -1,13 +1,15 @@
 """Landed segments of one UTC day -> validated records (raw_logs) + rejected lines (quarantine).
 
-Streaming and bounded: each segment is read in blocks of about BLOCK_BYTES cut at line ends; a block is
-parsed by Polars' NDJSON reader against the typed read schema derived from ``schemas/``, then the value
-rules derived from the same schema are evaluated as expressions. Valid rows are appended to one Parquet
-file for the day, rejected lines to the day's quarantine file, each with its segment, line number, reason
-and raw text. A block the reader cannot take whole (a malformed line, a wrong type, a blank line) is
-retried in smaller pieces and finally line by line, so one bad line never costs its neighbours.
+Streaming and bounded. The fast path scans every segment of the day with Polars' streaming NDJSON reader
+against the typed read schema derived from ``schemas/``, evaluates the value rules derived from the same
+schema as expressions, and sinks the valid rows to Parquet while the rejected rows (a few) are collected
+with their reasons; only the segments that had rejected rows are read again, in Python, for their line
+numbers and raw text. When the reader cannot take a segment whole (malformed JSON, a wrong type), that
+segment is read in blocks of about BLOCK_BYTES cut at line ends, and a block that fails is bisected down
+to the bad lines, so one bad line never costs its neighbours.
 
-Both outputs are written under temporary names and renamed into place: re-validating a day replaces it.
+raw_logs of a day is a directory of Parquet parts, quarantine one Parquet file; both are written under
+temporary names and renamed into place, so re-validating a day replaces it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -69,7 +72,8 @@ class DayResult:
 
 
 def raw_path(app: AppConfig, day: date) -> Path:
-    return app.raw_dir / f"date={day.isoformat()}.parquet"
+    """The day's raw_logs directory (Parquet parts; Polars reads the directory, DuckDB `<dir>/*.parquet`)."""
+    return app.raw_dir / f"date={day.isoformat()}"
 
 
 def quarantine_path(app: AppConfig, day: date) -> Path:
@@ -130,32 +134,30 @@ def _rule_exprs() -> tuple[pl.Expr, ...]:
     return tuple(rules)
 
 
-def _reasons(df: pl.DataFrame, day: date) -> pl.Series:
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+def _reason_expr(day: date) -> pl.Expr:
+    """All broken rules of a row joined with '; ' ('' when the row is valid)."""
     ts = pl.col("timestamp").str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", time_unit="us", strict=False)
-    outside = pl.when(ts.dt.date() != pl.lit(start.date())).then(
+    outside = pl.when(ts.dt.date() != pl.lit(day)).then(
         pl.format("timestamp: {} is outside the partition day {} (UTC)", pl.col("timestamp"), pl.lit(day.isoformat()))
     )
-    return df.select(
-        pl.concat_str([*_rule_exprs(), outside], separator="; ", ignore_nulls=True).alias("reason")
-    ).to_series()
+    return pl.concat_str([*_rule_exprs(), outside], separator="; ", ignore_nulls=True).alias(REASON)
 
 
-def _typed(df: pl.DataFrame) -> pl.DataFrame:
-    """Cast a rule-checked frame to the validated record schema (timestamps parsed)."""
+def _typed_exprs() -> list[pl.Expr]:
+    """Columns of a rule-checked frame cast to the validated record schema (timestamps parsed)."""
     schema = records.polars_schema()
-    exprs = []
+    out = []
     for f in records.fields():
         if f.kind == "timestamp":
-            exprs.append(
-                pl.col(f.name).str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", time_unit="us", strict=False)
-            )
+            out.append(pl.col(f.name).str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", time_unit="us", strict=False))
         else:
-            exprs.append(pl.col(f.name).cast(schema[f.name]))
-    return df.select(exprs)
+            out.append(pl.col(f.name).cast(schema[f.name]))
+    return out
 
 
-# --- reading ---------------------------------------------------------------------------------------------
+REASON = "__reason"
+INDEX = "__index"
+SEGMENT = "__segment"
 
 
 def _read(block: bytes) -> pl.DataFrame:
@@ -195,8 +197,8 @@ def _why_unreadable(line: bytes, reader_error: str) -> str:
     return f"unreadable record: {reader_error}"
 
 
-class _DayWriter:
-    """Appends valid rows and quarantined lines of one day to temp files; `commit` renames them in."""
+class _DayOutput:
+    """The day's outputs under temporary names: Parquet parts of valid rows, one quarantine file."""
 
     def __init__(self, app: AppConfig, day: date):
         self.day = day
@@ -206,31 +208,19 @@ class _DayWriter:
             p.parent.mkdir(parents=True, exist_ok=True)
         token = uuid.uuid4().hex[:10]
         self.tmp_raw = self.final_raw.with_name(f".{self.final_raw.name}.{token}.tmp")
+        self.tmp_raw.mkdir()
         self.tmp_quarantine = self.final_quarantine.with_name(f".{self.final_quarantine.name}.{token}.tmp")
-        self.arrow_schema = records.arrow_schema()
-        self.raw_writer = pq.ParquetWriter(
-            self.tmp_raw,
-            self.arrow_schema,
-            compression=RAW_COMPRESSION[0],
-            compression_level=RAW_COMPRESSION[1],
-        )
         self.quarantine_writer = pq.ParquetWriter(self.tmp_quarantine, QUARANTINE_SCHEMA, compression="zstd")
         self.validated_at = datetime.now(UTC)
-        self.pending: list[pl.DataFrame] = []
-        self.pending_rows = 0
+        self.parts = 0
 
-    def valid(self, df: pl.DataFrame) -> None:
-        if df.height:
-            self.pending.append(df)
-            self.pending_rows += df.height
-            if self.pending_rows >= ROW_GROUP_ROWS:
-                self._flush()
+    def next_part(self) -> Path:
+        path = self.tmp_raw / f"part-{self.parts:05d}.parquet"
+        self.parts += 1
+        return path
 
-    def _flush(self) -> None:
-        if self.pending:
-            table = pl.concat(self.pending, how="vertical", rechunk=False).to_arrow().cast(self.arrow_schema)
-            self.raw_writer.write_table(table, row_group_size=max(table.num_rows, 1))
-            self.pending, self.pending_rows = [], 0
+    def part_writer(self) -> _PartWriter:
+        return _PartWriter(self.next_part())
 
     def quarantine(self, segment: str, rows: list[tuple[int, str, bytes]]) -> None:
         if not rows:
@@ -245,26 +235,67 @@ class _DayWriter:
                 "raw": [r[2].decode("utf-8", "replace") for r in rows],
                 "validated_at": [self.validated_at] * n,
             },
-            schema={"day": pl.Date, "segment": pl.String, "line": pl.Int64, "reason": pl.String,
-                    "raw": pl.String, "validated_at": pl.Datetime("us", "UTC")},
+            schema={
+                "day": pl.Date,
+                "segment": pl.String,
+                "line": pl.Int64,
+                "reason": pl.String,
+                "raw": pl.String,
+                "validated_at": pl.Datetime("us", "UTC"),
+            },
         ).to_arrow().cast(QUARANTINE_SCHEMA)
         self.quarantine_writer.write_table(table)
 
     def commit(self) -> None:
-        self._flush()
-        self.raw_writer.close()
         self.quarantine_writer.close()
+        if self.parts == 0:
+            # an empty day still has a readable, typed raw partition
+            pq.write_table(records.arrow_schema().empty_table(), self.next_part())
+        old = None
+        if self.final_raw.exists():
+            old = self.final_raw.with_name(f".{self.final_raw.name}.{uuid.uuid4().hex[:10]}.old")
+            os.replace(self.final_raw, old)
         os.replace(self.tmp_raw, self.final_raw)
         os.replace(self.tmp_quarantine, self.final_quarantine)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:
-        for w in (self.raw_writer, self.quarantine_writer):
-            try:
-                w.close()
-            except Exception:
-                pass
-        self.tmp_raw.unlink(missing_ok=True)
+        try:
+            self.quarantine_writer.close()
+        except Exception:
+            pass
+        shutil.rmtree(self.tmp_raw, ignore_errors=True)
         self.tmp_quarantine.unlink(missing_ok=True)
+
+
+class _PartWriter:
+    """Valid rows of the block path, buffered into row groups of about ROW_GROUP_ROWS."""
+
+    def __init__(self, path: Path):
+        self.arrow_schema = records.arrow_schema()
+        self.writer = pq.ParquetWriter(
+            path, self.arrow_schema, compression=RAW_COMPRESSION[0], compression_level=RAW_COMPRESSION[1]
+        )
+        self.pending: list[pl.DataFrame] = []
+        self.pending_rows = 0
+
+    def write(self, df: pl.DataFrame) -> None:
+        if df.height:
+            self.pending.append(df)
+            self.pending_rows += df.height
+            if self.pending_rows >= ROW_GROUP_ROWS:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            table = pl.concat(self.pending, how="vertical", rechunk=False).to_arrow().cast(self.arrow_schema)
+            self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            self.pending, self.pending_rows = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
 
 
 def _blocks(path: Path, block_bytes: int):
@@ -276,7 +307,7 @@ def _blocks(path: Path, block_bytes: int):
             chunk = fh.read(block_bytes)
             if not chunk:
                 break
-            data = rest + chunk
+            data = rest + chunk if rest else chunk
             cut = data.rfind(b"\n") + 1
             if cut == 0:
                 rest = data
@@ -288,24 +319,22 @@ def _blocks(path: Path, block_bytes: int):
         yield line_no, rest + b"\n"
 
 
-class _SegmentValidator:
-    def __init__(self, writer: _DayWriter, result: DayResult, segment_name: str):
-        self.writer, self.result, self.segment = writer, result, segment_name
+class _BlockValidator:
+    """The careful path for one segment: blocks, then bisection down to the lines the reader refuses."""
+
+    def __init__(self, out: _DayOutput, result: DayResult, segment_name: str):
+        self.out, self.result, self.segment = out, result, segment_name
+        self.writer = out.part_writer()
+
+    def run(self, path: Path, block_bytes: int) -> None:
+        try:
+            for first_line, block in _blocks(path, block_bytes):
+                self.block(first_line, block)
+        finally:
+            self.writer.close()
 
     def block(self, first_line: int, block: bytes) -> None:
-        n_lines = block.count(b"\n")
-        self.result.lines += n_lines
-        try:
-            df = _read(block)
-        except Exception:
-            df = None
-        if df is not None and df.height == n_lines:
-            self._checked(df, list(range(first_line, first_line + n_lines)), block=block, first_line=first_line)
-            return
-        self._piecewise(first_line, block.split(b"\n")[:n_lines])
-
-    def _piecewise(self, first_line: int, lines: list[bytes]) -> None:
-        """A block the reader refused: drop blank lines, then bisect until each bad line stands alone."""
+        lines = block.split(b"\n")[:-1]
         numbered = [(first_line + i, ln) for i, ln in enumerate(lines) if ln.strip()]
         self.result.blank_lines += len(lines) - len(numbered)
         if numbered:
@@ -315,49 +344,92 @@ class _SegmentValidator:
         try:
             df = _read(b"\n".join(ln for _, ln in numbered) + b"\n")
             if df.height == len(numbered):
-                self._checked(df, [n for n, _ in numbered], lines=dict(numbered))
+                self._checked(df, numbered)
                 return
             error = f"read {df.height} records from {len(numbered)} lines"
         except Exception as err:
             error = str(err)
         if len(numbered) == 1:
             n, ln = numbered[0]
+            self.result.lines += 1
             self._quarantine([(n, _why_unreadable(ln, error), ln)])
             return
         mid = len(numbered) // 2
         self._bisect(numbered[:mid])
         self._bisect(numbered[mid:])
 
-    def _checked(
-        self,
-        df: pl.DataFrame,
-        line_numbers: list[int],
-        *,
-        block: bytes | None = None,
-        first_line: int = 0,
-        lines: dict[int, bytes] | None = None,
-    ) -> None:
-        reasons = _reasons(df, self.result.day)
-        ok = reasons == ""
-        if bool(ok.all()):
-            self.writer.valid(_typed(df))
-            self.result.valid_rows += df.height
-            return
-        self.writer.valid(_typed(df.filter(ok)))
+    def _checked(self, df: pl.DataFrame, numbered: list[tuple[int, bytes]]) -> None:
+        self.result.lines += df.height
+        checked = df.with_columns(_reason_expr(self.result.day))
+        ok = checked[REASON] == ""
+        self.writer.write(checked.filter(ok).select(_typed_exprs()))
         self.result.valid_rows += int(ok.sum())
         bad_idx = (~ok).arg_true().to_list()
-        if lines is None:
-            assert block is not None
-            split = block.split(b"\n")
-            lines = {first_line + i: split[i] for i in bad_idx}
-        bad = [(line_numbers[i], reasons[i], lines[line_numbers[i]]) for i in bad_idx]
-        self._quarantine(bad)
+        self._quarantine([(numbered[i][0], checked[REASON][i], numbered[i][1]) for i in bad_idx])
 
     def _quarantine(self, bad: list[tuple[int, str, bytes]]) -> None:
         for _, reason, _ in bad:
             self.result.reasons[_reason_kind(reason)] += 1
         self.result.quarantined_rows += len(bad)
-        self.writer.quarantine(self.segment, bad)
+        self.out.quarantine(self.segment, bad)
+
+
+def _scan(paths: list[Path], day: date) -> pl.LazyFrame:
+    return pl.scan_ndjson(
+        paths, schema=records.polars_read_schema(), row_index_name=INDEX, include_file_paths=SEGMENT
+    ).with_columns(_reason_expr(day))
+
+
+def _fast(paths: list[Path], day: date, out: _DayOutput) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    """One streaming pass over `paths`: valid rows sunk to a part, rejected rows and per-file counts returned.
+
+    None when the reader refuses some line of some file (the caller then takes the careful path).
+    """
+    lf = _scan(paths, day)
+    part = out.next_part()
+    tmp_dir = part.with_suffix(".work")
+    tmp_dir.mkdir()
+    try:
+        valid = lf.filter(pl.col(REASON) == "").select(_typed_exprs())
+        rejected = lf.filter(pl.col(REASON) != "").select(SEGMENT, INDEX, REASON)
+        counts = lf.group_by(SEGMENT).agg(pl.len().alias("rows"))
+        pl.collect_all(
+            [
+                valid.sink_parquet(
+                    part, compression=RAW_COMPRESSION[0], compression_level=RAW_COMPRESSION[1],
+                    row_group_size=ROW_GROUP_ROWS, lazy=True,
+                ),
+                rejected.sink_parquet(tmp_dir / "rejected.parquet", lazy=True),
+                counts.sink_parquet(tmp_dir / "counts.parquet", lazy=True),
+            ],
+            engine="streaming",
+        )
+        return pl.read_parquet(tmp_dir / "rejected.parquet"), pl.read_parquet(tmp_dir / "counts.parquet")
+    except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.InvalidOperationError):
+        part.unlink(missing_ok=True)
+        out.parts -= 1
+        return None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _rejected_lines(path: Path, wanted: dict[int, str]) -> list[tuple[int, str, bytes]]:
+    """(line number, reason, raw line) of the records at the given 0-based record indexes of a file.
+
+    The reader skips blank lines, so the n-th record is the n-th non-blank line.
+    """
+    out = []
+    record = -1
+    with open(path, "rb") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            record += 1
+            if record in wanted:
+                out.append((line_no, wanted[record], line.rstrip(b"\r\n")))
+                if len(out) == len(wanted):
+                    break
+    return out
 
 
 def validate_day(app: AppConfig, day: date, *, block_bytes: int = BLOCK_BYTES) -> DayResult:
@@ -365,20 +437,49 @@ def validate_day(app: AppConfig, day: date, *, block_bytes: int = BLOCK_BYTES) -
     result = DayResult(day=day)
     root = app.landing_dir
     segments = landing.list_segments(root, day)
-    writer = _DayWriter(app, day)
+    for seg in segments:
+        result.segments += 1
+        result.bytes_read += seg.size
+        result.newest_segment_mtime = max(result.newest_segment_mtime or seg.mtime, seg.mtime)
+    out = _DayOutput(app, day)
     try:
-        for seg in segments:
-            result.segments += 1
-            result.bytes_read += seg.size
-            mt = result.newest_segment_mtime
-            result.newest_segment_mtime = seg.mtime if mt is None else max(mt, seg.mtime)
-            validator = _SegmentValidator(writer, result, seg.relative_to(root))
-            for first_line, block in _blocks(seg.path, block_bytes):
-                validator.block(first_line, block)
-        writer.commit()
+        pending = [segments] if segments else []
+        while pending:
+            group = pending.pop(0)
+            fast = _fast([s.path for s in group], day, out)
+            if fast is not None:
+                _account_fast(group, fast, result, out, root)
+            elif len(group) > 1:
+                # find the segment(s) the reader refuses: the others keep the fast path
+                pending[:0] = [[s] for s in group]
+            else:
+                _BlockValidator(out, result, group[0].relative_to(root)).run(group[0].path, block_bytes)
+        out.commit()
     except BaseException:
-        writer.abort()
+        out.abort()
         raise
-    result.raw_path = writer.final_raw
-    result.quarantine_path = writer.final_quarantine
+    result.raw_path = out.final_raw
+    result.quarantine_path = out.final_quarantine
     return result
+
+
+def _account_fast(group, fast, result: DayResult, out: _DayOutput, root: Path) -> None:
+    rejected, counts = fast
+    rows = dict(zip(counts[SEGMENT].to_list(), counts["rows"].to_list(), strict=True))
+    total = sum(rows.values())
+    result.lines += total
+    result.valid_rows += total - rejected.height
+    if rejected.height == 0:
+        return
+    offset = 0
+    for seg in group:  # the row index runs across the files in this order
+        n = rows.get(str(seg.path), 0)
+        mine = rejected.filter(pl.col(SEGMENT) == str(seg.path))
+        if mine.height:
+            wanted = {i - offset: r for i, r in zip(mine[INDEX].to_list(), mine[REASON].to_list(), strict=True)}
+            bad = _rejected_lines(seg.path, wanted)
+            for _, reason, _ in bad:
+                result.reasons[_reason_kind(reason)] += 1
+            result.quarantined_rows += len(bad)
+            out.quarantine(seg.relative_to(root), bad)
+        offset += n

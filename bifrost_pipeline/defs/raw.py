@@ -98,16 +98,17 @@ def _schema_errors(result: DayResult) -> list[dict]:
 
     schema = records.pandera_schema()
     failures: list[dict] = []
-    pf = pq.ParquetFile(result.raw_path)
-    for i in range(pf.num_row_groups):
-        frame = pl.from_arrow(pf.read_row_group(i))
-        try:
-            schema.validate(frame, lazy=True)
-        except pandera.errors.SchemaErrors as err:
-            cases = err.failure_cases.head(20).to_dicts()
-            failures.extend({k: str(v) for k, v in c.items()} for c in cases)
-        if len(failures) >= 20:
-            break
+    for part in sorted(result.raw_path.glob("*.parquet")):
+        pf = pq.ParquetFile(part)
+        for i in range(pf.num_row_groups):
+            frame = pl.from_arrow(pf.read_row_group(i))
+            try:
+                schema.validate(frame, lazy=True)
+            except pandera.errors.SchemaErrors as err:
+                cases = err.failure_cases.head(20).to_dicts()
+                failures.extend({k: str(v) for k, v in c.items()} for c in cases)
+            if len(failures) >= 20:
+                return failures
     return failures
 
 
@@ -122,7 +123,7 @@ def build_raw_assets(app: AppConfig) -> dg.AssetsDefinition:
                 deps=[LANDING],
                 description=(
                     "Every landed record of one UTC day that passed validation against schemas/, "
-                    "typed (one Parquet file per day)."
+                    "typed (a directory of Parquet parts per day)."
                 ),
                 group_name="pipeline",
                 kinds={"parquet", "polars"},
