@@ -177,7 +177,9 @@ class BigQueryDestination(Destination):
         try:
             import requests
 
-            retryable = retryable or isinstance(err, requests.exceptions.ConnectionError | requests.exceptions.Timeout)
+            retryable = retryable or isinstance(
+                err, requests.exceptions.ConnectionError | requests.exceptions.Timeout
+            )
         except ImportError:
             pass
         return self.error(f"{doing}: {message}", retryable=retryable)
@@ -194,7 +196,9 @@ class BigQueryDestination(Destination):
             try:
                 self._ensure_dataset(client)
             except (gexc.GoogleAPIError, OSError) as err:
-                raise self._fail(err, f"cannot use dataset {self.config.project_id}.{self.config.dataset}") from None
+                raise self._fail(
+                    err, f"cannot use dataset {self.config.project_id}.{self.config.dataset}"
+                ) from None
             for f in output.files:
                 name = table_for(self.table, f.dataset)
                 try:
@@ -228,10 +232,14 @@ class BigQueryDestination(Destination):
         try:
             table = client.get_table(ref, retry=self._retry(), timeout=60)
         except NotFound:
-            table = bigquery.Table(ref, schema=[*wanted, bigquery.SchemaField(PARTITION_COLUMN, "STRING", mode="REQUIRED")])
+            table = bigquery.Table(
+                ref, schema=[*wanted, bigquery.SchemaField(PARTITION_COLUMN, "STRING", mode="REQUIRED")]
+            )
             field = time_partition_field(cols)
             if field:
-                table.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY, field=field)
+                table.time_partitioning = bigquery.TimePartitioning(
+                    type_=bigquery.TimePartitioningType.DAY, field=field
+                )
             clustering = [c for c in CLUSTER_BY if c in {col.name for col in cols}]
             if clustering:
                 table.clustering_fields = clustering
@@ -275,7 +283,9 @@ class BigQueryDestination(Destination):
             client.delete_table(staging, not_found_ok=True)
         return f.rows
 
-    def _merge(self, client, table, staging: str, cols: list[Column], types: dict, partition_key: str) -> None:
+    def _merge(
+        self, client, table, staging: str, cols: list[Column], types: dict, partition_key: str
+    ) -> None:
         from google.cloud import bigquery
 
         def source(c: Column) -> str:

@@ -133,7 +133,9 @@ def literal(value: str) -> str:
 def copy_sql(target: str, s3_uri: str, iam_role: str, region: str | None = None) -> str:
     """The COPY of a staged Parquet file (runs on Redshift only)."""
     region_clause = f" REGION {literal(region)}" if region else ""
-    return f"COPY {target} FROM {literal(s3_uri)} IAM_ROLE {literal(iam_role)} FORMAT AS PARQUET{region_clause}"
+    return (
+        f"COPY {target} FROM {literal(s3_uri)} IAM_ROLE {literal(iam_role)} FORMAT AS PARQUET{region_clause}"
+    )
 
 
 class RedshiftDestination(Destination):
@@ -178,7 +180,9 @@ class RedshiftDestination(Destination):
         message = self._message(err)
         if retryable is None:
             lower = message.lower()
-            retryable = not any(s in lower for s in ("password", "authentication", "does not exist", "permission denied"))
+            retryable = not any(
+                s in lower for s in ("password", "authentication", "does not exist", "permission denied")
+            )
         return self.error(f"{doing}: {message}", retryable=retryable)
 
     def endpoint(self) -> tuple[str, int]:
@@ -191,7 +195,12 @@ class RedshiftDestination(Destination):
             client = boto3.client("redshift", region_name=self.config.region)
             cluster = client.describe_clusters(ClusterIdentifier=self.config.cluster)["Clusters"][0]
             return cluster["Endpoint"]["Address"], int(cluster["Endpoint"]["Port"])
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, KeyError, IndexError) as err:
+        except (
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+            KeyError,
+            IndexError,
+        ) as err:
             raise self.error(
                 f"cannot find the endpoint of cluster {self.config.cluster!r} (set host, or give AWS credentials "
                 f"that may call redshift:DescribeClusters): {scrub(first_line(err), self._secrets())}",
@@ -275,7 +284,9 @@ class RedshiftDestination(Destination):
             # A field added to the schema becomes a new nullable column; old rows read NULL.
             for c in cols:
                 if self._folded(c.name) not in existing:
-                    cur.execute(f"ALTER TABLE {self._qualified(table)} ADD COLUMN {ident(c.name)} {redshift_type(c)}")
+                    cur.execute(
+                        f"ALTER TABLE {self._qualified(table)} ADD COLUMN {ident(c.name)} {redshift_type(c)}"
+                    )
         finally:
             con.autocommit = False
 
@@ -294,19 +305,25 @@ class RedshiftDestination(Destination):
 
     def _load_insert(self, con, table: str, cols: list[Column], f: DatasetFile, partition_key: str) -> int:
         names = ", ".join([*(ident(c.name) for c in cols), ident(PARTITION_COLUMN)])
-        row_sql = "(" + ", ".join(["JSON_PARSE(%s)" if c.kind == "json" else "%s" for c in cols] + ["%s"]) + ")"
+        row_sql = (
+            "(" + ", ".join(["JSON_PARSE(%s)" if c.kind == "json" else "%s" for c in cols] + ["%s"]) + ")"
+        )
         per_statement = max(1, min(self.config.insert_batch_rows, MAX_PARAMS // (len(cols) + 1)))
         cur = con.cursor()
         loaded = 0
         try:
-            cur.execute(f"DELETE FROM {self._qualified(table)} WHERE {ident(PARTITION_COLUMN)} = %s", (partition_key,))
+            cur.execute(
+                f"DELETE FROM {self._qualified(table)} WHERE {ident(PARTITION_COLUMN)} = %s", (partition_key,)
+            )
             for batch in iter_batches(f.parquet_path, per_statement, [c.name for c in cols]):
                 columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
                 params: list = []
                 for values in zip(*columns, strict=True):
                     params.extend(values)
                     params.append(partition_key)
-                sql = f"INSERT INTO {self._qualified(table)} ({names}) VALUES " + ", ".join([row_sql] * batch.num_rows)
+                sql = f"INSERT INTO {self._qualified(table)} ({names}) VALUES " + ", ".join(
+                    [row_sql] * batch.num_rows
+                )
                 cur.execute(sql, params)
                 loaded += batch.num_rows
             con.commit()
@@ -338,12 +355,19 @@ class RedshiftDestination(Destination):
 
         s = self.config.s3_staging
         prefix = render_prefix(
-            s.prefix, export=output.export, partition_key=output.partition_key, window_start=output.window_start
+            s.prefix,
+            export=output.export,
+            partition_key=output.partition_key,
+            window_start=output.window_start,
         )
         key = f"{prefix}{output.run_id}-{uuid.uuid4().hex[:8]}/{f.dataset}.parquet"
         try:
             s3.upload_file(str(f.parquet_path), s.bucket, key)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.S3UploadFailedError) as err:
+        except (
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+            boto3.exceptions.S3UploadFailedError,
+        ) as err:
             raise self.error(
                 f"cannot stage {f.dataset} in s3://{s.bucket}/{key}: {scrub(first_line(err), self._secrets())}",
                 retryable=True,
@@ -371,9 +395,13 @@ class RedshiftDestination(Destination):
             values = ", ".join(
                 [*(f"JSON_PARSE({ident(c.name)})" if c.kind == "json" else ident(c.name) for c in cols), "%s"]
             )
-            cur.execute(f"DELETE FROM {self._qualified(table)} WHERE {ident(PARTITION_COLUMN)} = %s", (output.partition_key,))
             cur.execute(
-                f"INSERT INTO {self._qualified(table)} ({names}) SELECT {values} FROM {staging}", (output.partition_key,)
+                f"DELETE FROM {self._qualified(table)} WHERE {ident(PARTITION_COLUMN)} = %s",
+                (output.partition_key,),
+            )
+            cur.execute(
+                f"INSERT INTO {self._qualified(table)} ({names}) SELECT {values} FROM {staging}",
+                (output.partition_key,),
             )
             cur.execute(f"DROP TABLE {staging}")
             con.commit()

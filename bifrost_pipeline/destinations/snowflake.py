@@ -44,7 +44,9 @@ class SnowflakeCredentials(DestinationConfig):
     @model_validator(mode="after")
     def _one_method(self) -> SnowflakeCredentials:
         given = [
-            n for n in ("password", "private_key", "private_key_path", "token") if getattr(self, n) is not None
+            n
+            for n in ("password", "private_key", "private_key_path", "token")
+            if getattr(self, n) is not None
         ]
         if len(given) != 1:
             raise ValueError(
@@ -138,7 +140,10 @@ class SnowflakeDestination(Destination):
 
     def _secrets(self) -> list[str | None]:
         cr = self.config.credentials
-        return [s.get_secret_value() if s else None for s in (cr.password, cr.private_key, cr.private_key_passphrase, cr.token)]
+        return [
+            s.get_secret_value() if s else None
+            for s in (cr.password, cr.private_key, cr.private_key_passphrase, cr.token)
+        ]
 
     def _private_key_der(self) -> bytes:
         from cryptography.hazmat.primitives import serialization
@@ -152,7 +157,9 @@ class SnowflakeDestination(Destination):
                 pem = Path(path).read_bytes()
             except OSError as err:
                 raise self.error(f"cannot read private_key_path {path}: {err.strerror or err}") from None
-        passphrase = cr.private_key_passphrase.get_secret_value().encode() if cr.private_key_passphrase else None
+        passphrase = (
+            cr.private_key_passphrase.get_secret_value().encode() if cr.private_key_passphrase else None
+        )
         try:
             key = serialization.load_pem_private_key(pem, password=passphrase)
         except (ValueError, TypeError) as err:
@@ -194,7 +201,13 @@ class SnowflakeDestination(Destination):
         lower = message.lower()
         retryable = not any(
             s in lower
-            for s in ("incorrect username or password", "does not exist", "not authorized", "authenticat", "jwt")
+            for s in (
+                "incorrect username or password",
+                "does not exist",
+                "not authorized",
+                "authenticat",
+                "jwt",
+            )
         )
         return self.error(f"{doing}: {message}", retryable=retryable)
 
@@ -219,7 +232,9 @@ class SnowflakeDestination(Destination):
             try:
                 self._use_schema(cur)
             except snowflake.connector.Error as err:
-                raise self._fail(err, f"cannot use {self.config.database}.{self.config.schema_name}") from None
+                raise self._fail(
+                    err, f"cannot use {self.config.database}.{self.config.schema_name}"
+                ) from None
             for f in output.files:
                 name = table_for(self.table, f.dataset)
                 try:
@@ -236,7 +251,11 @@ class SnowflakeDestination(Destination):
         cur.execute(f"USE DATABASE {db}")  # fails clearly when the database is missing or not granted
         found = cur.execute(
             f"SELECT COUNT(*) FROM {db}.INFORMATION_SCHEMA.SCHEMATA WHERE SCHEMA_NAME = %s",
-            (self.config.schema_name.upper() if SIMPLE.match(self.config.schema_name) else self.config.schema_name,),
+            (
+                self.config.schema_name.upper()
+                if SIMPLE.match(self.config.schema_name)
+                else self.config.schema_name,
+            ),
         ).fetchone()[0]
         if not found:
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {db}.{schema}")
@@ -278,7 +297,8 @@ class SnowflakeDestination(Destination):
         cur.execute("BEGIN")
         try:
             cur.execute(
-                f"DELETE FROM {self._qualified(table)} WHERE {ident(PARTITION_COLUMN)} = %s", (output.partition_key,)
+                f"DELETE FROM {self._qualified(table)} WHERE {ident(PARTITION_COLUMN)} = %s",
+                (output.partition_key,),
             )
             results = cur.execute(
                 f"COPY INTO {self._qualified(table)} ({targets}) FROM (SELECT {selects} FROM {stage_path}) "

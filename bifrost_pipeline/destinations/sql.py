@@ -41,7 +41,9 @@ class SQLConfig(DestinationConfig):
         try:
             make_url(v.get_secret_value())
         except ArgumentError:
-            raise ValueError("expected an SQLAlchemy URL such as postgresql+psycopg://user:pass@host/db") from None
+            raise ValueError(
+                "expected an SQLAlchemy URL such as postgresql+psycopg://user:pass@host/db"
+            ) from None
         return v
 
 
@@ -116,7 +118,9 @@ class SQLDestination(Destination):
         orig = getattr(err, "orig", None) or err
         message = scrub(first_line(orig), self._secrets())
         lower = message.lower()
-        retryable = isinstance(err, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError) and not any(
+        retryable = isinstance(
+            err, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError
+        ) and not any(
             s in lower for s in ("password", "authentication", "does not exist", "permission denied", "role")
         )
         return self.error(f"{doing}: {message}", retryable=retryable)
@@ -232,7 +236,9 @@ class SQLDestination(Destination):
     def _executemany(self, conn, table, cols: list[Column], f: DatasetFile, partition_key: str) -> int:
         json_cols = [c.name for c in cols if c.kind == "json"]
         loaded = 0
-        for batch in iter_batches(f.parquet_path, min(self.config.batch_rows, 20_000), [c.name for c in cols]):
+        for batch in iter_batches(
+            f.parquet_path, min(self.config.batch_rows, 20_000), [c.name for c in cols]
+        ):
             records = batch.to_pylist()
             for r in records:
                 r[PARTITION_COLUMN] = partition_key

@@ -23,7 +23,9 @@ DATASET = "bifrost_logs"
 @pytest.fixture(scope="module")
 def bq(bigquery_server):
     client = bigquery.Client(
-        project=PROJECT, credentials=AnonymousCredentials(), client_options={"api_endpoint": bigquery_server.url}
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": bigquery_server.url},
     )
     yield bigquery_server, client
     client.close()
@@ -31,7 +33,9 @@ def bq(bigquery_server):
 
 def make(server, export="weekly_bigquery", **config) -> BigQueryDestination:
     raw = {"project_id": PROJECT, "dataset": DATASET, "api_endpoint": server.url, **config}
-    return BigQueryDestination(BigQueryDestination.Config.model_validate(raw), export_name=export, app=AppConfig())
+    return BigQueryDestination(
+        BigQueryDestination.Config.model_validate(raw), export_name=export, app=AppConfig()
+    )
 
 
 def rows(client, sql) -> list[tuple]:
@@ -45,7 +49,13 @@ def test_the_seed_keys_load_unchanged_and_the_key_stays_hidden(tmp_path):
         "table": "weekly_logs",
         "credentials": {"service_account_key": "${GCP_SERVICE_ACCOUNT_KEY}"},
     }
-    raw = {"log_exports": {"exports": [{"name": "bq", "schedule": "daily", "destination": {"type": "bigquery", "config": seed}}]}}
+    raw = {
+        "log_exports": {
+            "exports": [
+                {"name": "bq", "schedule": "daily", "destination": {"type": "bigquery", "config": seed}}
+            ]
+        }
+    }
     app = parse_config(raw, env={"GCP_SERVICE_ACCOUNT_KEY": '{"private_key": "-----BEGIN secret-key-555"}'})
     assert destination_class("bigquery") is BigQueryDestination
     dest = BigQueryDestination(app.exports[0].destination.config, export_name="bq", app=app)
@@ -112,7 +122,11 @@ def test_aggregate_output_is_partitioned_on_its_date(bq, tmp_path):
     table = client.get_table(f"{PROJECT}.{DATASET}.weekly_metrics")
     assert table.time_partitioning.field == "date" and table.clustering_fields == ["provider", "model"]
     types = {f.name: f.field_type for f in table.schema}
-    assert types["date"] == "DATE" and types["count"] in ("INTEGER", "INT64") and types["total_tokens"] == "BIGNUMERIC"
+    assert (
+        types["date"] == "DATE"
+        and types["count"] in ("INTEGER", "INT64")
+        and types["total_tokens"] == "BIGNUMERIC"
+    )
     got = rows(client, f"SELECT provider, `count`, total_tokens FROM {DATASET}.weekly_metrics ORDER BY 1")
     assert [(r[0], int(r[1]), int(r[2])) for r in got] == [("anthropic", 4, 1020), ("openai", 6, 630)]
 
@@ -142,13 +156,20 @@ def test_unreachable_endpoint_is_a_retryable_error_naming_export_and_store(tmp_p
     key = json.dumps({"type": "not-a-service-account", "secret": "k-123456"})
     down = BigQueryDestination(
         BigQueryDestination.Config.model_validate(
-            {"project_id": PROJECT, "dataset": DATASET, "api_endpoint": f"http://127.0.0.1:{free_port()}", "retry_deadline": 2}
+            {
+                "project_id": PROJECT,
+                "dataset": DATASET,
+                "api_endpoint": f"http://127.0.0.1:{free_port()}",
+                "retry_deadline": 2,
+            }
         ),
         export_name="weekly_bigquery",
         app=AppConfig(),
     )
     with pytest.raises(DestinationError) as err:
         down.write_partition(wd.day_partition("weekly_bigquery", wd.DAYS[0], tmp_path))
-    assert str(err.value).startswith(f"export 'weekly_bigquery' -> bigquery:{PROJECT}.{DATASET}.weekly_bigquery")
+    assert str(err.value).startswith(
+        f"export 'weekly_bigquery' -> bigquery:{PROJECT}.{DATASET}.weekly_bigquery"
+    )
     assert f"cannot use dataset {PROJECT}.{DATASET}" in str(err.value) and err.value.retryable
     assert "k-123456" not in key.replace("k-123456", "") + str(err.value)

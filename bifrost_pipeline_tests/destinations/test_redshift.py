@@ -16,7 +16,11 @@ from bifrost_pipeline.destinations.redshift import RedshiftDestination, copy_sql
 from bifrost_pipeline_tests.destinations import warehouse_data as wd
 from bifrost_pipeline_tests.emulators.servers import free_port
 
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture
@@ -37,7 +41,9 @@ def make(standin, export="daily_redshift", **config) -> RedshiftDestination:
         "ssl": False,  # the loopback shim declines TLS; a real cluster keeps the default (True)
         **config,
     }
-    return RedshiftDestination(RedshiftDestination.Config.model_validate(raw), export_name=export, app=AppConfig())
+    return RedshiftDestination(
+        RedshiftDestination.Config.model_validate(raw), export_name=export, app=AppConfig()
+    )
 
 
 def query(standin, sql, params=None) -> list[tuple]:
@@ -64,30 +70,49 @@ def test_the_seed_keys_load_unchanged():
         "region": "us-west-2",
         "credentials": {"username": "${REDSHIFT_USERNAME}", "password": "${REDSHIFT_PASSWORD}"},
     }
-    raw = {"log_exports": {"exports": [{"name": "rs", "schedule": "daily", "destination": {"type": "redshift", "config": seed}}]}}
+    raw = {
+        "log_exports": {
+            "exports": [
+                {"name": "rs", "schedule": "daily", "destination": {"type": "redshift", "config": seed}}
+            ]
+        }
+    }
     app = parse_config(raw, env={"REDSHIFT_USERNAME": "loader", "REDSHIFT_PASSWORD": "rs-secret-42"})
     cfg = app.exports[0].destination.config
     assert destination_class("redshift") is RedshiftDestination
     assert cfg.method == "insert" and cfg.port == 5439 and cfg.ssl
     assert "rs-secret-42" not in repr(app.exports[0])
     staged = RedshiftDestination.Config.model_validate(
-        {**seed, "credentials": {"username": "u", "password": "p"}, "iam_role": "arn:aws:iam::123:role/copy",
-         "s3_staging": {"bucket": "b"}}
+        {
+            **seed,
+            "credentials": {"username": "u", "password": "p"},
+            "iam_role": "arn:aws:iam::123:role/copy",
+            "s3_staging": {"bucket": "b"},
+        }
     )
     assert staged.method == "copy"
     with pytest.raises(ValueError, match="load_method copy needs s3_staging and iam_role"):
-        RedshiftDestination.Config.model_validate({**seed, "credentials": {"username": "u", "password": "p"}, "load_method": "copy"})
+        RedshiftDestination.Config.model_validate(
+            {**seed, "credentials": {"username": "u", "password": "p"}, "load_method": "copy"}
+        )
 
 
 def test_the_host_is_looked_up_from_the_cluster(warehouse_moto, aws_env, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_REDSHIFT", warehouse_moto.url)
     boto3.client("redshift", region_name="us-east-1").create_cluster(
-        ClusterIdentifier="bifrost-cluster", NodeType="ra3.xlplus", MasterUsername="admin",
-        MasterUserPassword="Admin-pw-1", DBName="bifrost_logs",
+        ClusterIdentifier="bifrost-cluster",
+        NodeType="ra3.xlplus",
+        MasterUsername="admin",
+        MasterUserPassword="Admin-pw-1",
+        DBName="bifrost_logs",
     )
     cfg = RedshiftDestination.Config.model_validate(
-        {"cluster": "bifrost-cluster", "database": "bifrost_logs", "region": "us-east-1",
-         "credentials": {"username": "u", "password": "p"}}
+        {
+            "cluster": "bifrost-cluster",
+            "database": "bifrost_logs",
+            "region": "us-east-1",
+            "credentials": {"username": "u", "password": "p"},
+        }
     )
     host, port = RedshiftDestination(cfg, export_name="rs", app=AppConfig()).endpoint()
     assert host.startswith("bifrost-cluster.") and port == 5439
@@ -104,13 +129,17 @@ def test_table_created_with_redshift_types_loaded_and_reloaded_idempotently(reds
     types = column_types(redshift_standin, "request_logs", "analytics")
     assert types["timestamp"] == ("timestamp with time zone", "YES")
     assert types["input_tokens"][0] == "integer" and types["cost_usd"][0] == "double precision"
-    assert types["metadata"][0] == "super" and types["input_content"][0] == "super"  # SUPER (a jsonb domain here)
+    assert (
+        types["metadata"][0] == "super" and types["input_content"][0] == "super"
+    )  # SUPER (a jsonb domain here)
     assert types["request_id"][0] == "character varying" and types["export_partition"][1] == "NO"
 
     dest.write_partition(first)
     dest.write_partition(wd.day_partition("daily_redshift", wd.DAYS[1], tmp_path))
     dest.write_partition(first)
-    counts = dict(query(redshift_standin, "SELECT export_partition, count(*) FROM analytics.request_logs GROUP BY 1"))
+    counts = dict(
+        query(redshift_standin, "SELECT export_partition, count(*) FROM analytics.request_logs GROUP BY 1")
+    )
     assert counts == {wd.DAYS[0]: 10, wd.DAYS[1]: 10}
     team, out_tokens = query(
         redshift_standin,
@@ -132,7 +161,9 @@ def test_a_new_field_becomes_a_nullable_column(redshift_standin, tmp_path):
 def test_aggregate_output_gets_its_own_typed_table(redshift_standin, tmp_path):
     make(redshift_standin, table="weekly").write_partition(wd.aggregate_partition("weekly", tmp_path))
     types = column_types(redshift_standin, "weekly_metrics")
-    assert types["date"][0] == "date" and types["count"][0] == "bigint" and types["total_tokens"][0] == "numeric"
+    assert (
+        types["date"][0] == "date" and types["count"][0] == "bigint" and types["total_tokens"][0] == "numeric"
+    )
     got = query(redshift_standin, "SELECT provider, count, total_tokens FROM weekly_metrics ORDER BY 1")
     assert [(r[0], r[1], int(r[2])) for r in got] == [("anthropic", 4, 1020), ("openai", 6, 630)]
 
@@ -163,11 +194,18 @@ def test_the_s3_staging_half_against_moto(redshift_standin, warehouse_moto, aws_
         redshift_standin,
         table="request_logs",
         iam_role="arn:aws:iam::123456789012:role/bifrost-copy",
-        s3_staging={"bucket": "bifrost-staging", "prefix": "stage/{export}/{partition}/", "endpoint_url": warehouse_moto.url,
-                    "access_key_id": "testing", "secret_access_key": "testing"},
+        s3_staging={
+            "bucket": "bifrost-staging",
+            "prefix": "stage/{export}/{partition}/",
+            "endpoint_url": warehouse_moto.url,
+            "access_key_id": "testing",
+            "secret_access_key": "testing",
+        },
     )
     assert dest.config.method == "copy"
-    output = wd.partition("daily_redshift", "2024-02-01", [million_file])  # a million rows: a multipart upload
+    output = wd.partition(
+        "daily_redshift", "2024-02-01", [million_file]
+    )  # a million rows: a multipart upload
     (f,) = output.files
     started = time.perf_counter()
     key = dest.stage(dest.s3_client(), f, output)
@@ -193,7 +231,9 @@ def test_the_s3_staging_half_against_moto(redshift_standin, warehouse_moto, aws_
 
 def test_errors_name_the_export_and_store_never_the_password(redshift_standin):
     output = wd.partition("daily_redshift", wd.DAYS[0], [])
-    bad = make(redshift_standin, credentials={"username": redshift_standin.postgres.user, "password": "wrong-pw-77"})
+    bad = make(
+        redshift_standin, credentials={"username": redshift_standin.postgres.user, "password": "wrong-pw-77"}
+    )
     with pytest.raises(DestinationError) as err:
         bad.write_partition(output)
     assert "daily_redshift" in str(err.value) and "password authentication failed" in str(err.value)

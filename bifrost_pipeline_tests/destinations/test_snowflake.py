@@ -19,7 +19,13 @@ DATABASE = "BIFROST_LOGS"
 
 def connect(server, **kw):
     return snowflake.connector.connect(
-        user="analyst", password="any", account="fakesnow", host="127.0.0.1", port=server.port, protocol="http", **kw
+        user="analyst",
+        password="any",
+        account="fakesnow",
+        host="127.0.0.1",
+        port=server.port,
+        protocol="http",
+        **kw,
     )
 
 
@@ -43,7 +49,9 @@ def make(server, export="daily_snowflake", schema="PUBLIC", **config) -> Snowfla
         "protocol": "http",
         **config,
     }
-    return SnowflakeDestination(SnowflakeDestination.Config.model_validate(raw), export_name=export, app=AppConfig())
+    return SnowflakeDestination(
+        SnowflakeDestination.Config.model_validate(raw), export_name=export, app=AppConfig()
+    )
 
 
 def query(server, sql, params=None, schema="PUBLIC") -> list[tuple]:
@@ -71,7 +79,13 @@ def test_the_seed_keys_load_unchanged_and_secrets_stay_hidden():
         "warehouse": "COMPUTE_WH",
         "credentials": {"username": "${SNOWFLAKE_USERNAME}", "password": "${SNOWFLAKE_PASSWORD}"},
     }
-    raw = {"log_exports": {"exports": [{"name": "sf", "schedule": "daily", "destination": {"type": "snowflake", "config": seed}}]}}
+    raw = {
+        "log_exports": {
+            "exports": [
+                {"name": "sf", "schedule": "daily", "destination": {"type": "snowflake", "config": seed}}
+            ]
+        }
+    }
     app = parse_config(raw, env={"SNOWFLAKE_USERNAME": "loader", "SNOWFLAKE_PASSWORD": "pw-secret-987"})
     cfg = app.exports[0].destination.config
     assert destination_class("snowflake") is SnowflakeDestination
@@ -97,8 +111,14 @@ def test_key_pair_and_oauth_credentials(tmp_path):
     base = {"account": "acme-prod", "database": "D", "role": "LOADER"}
     dest = SnowflakeDestination(
         SnowflakeDestination.Config.model_validate(
-            {**base, "credentials": {"username": "u", "private_key_path": str(tmp_path / "rsa_key.p8"),
-                                     "private_key_passphrase": "pass-phrase-1"}}
+            {
+                **base,
+                "credentials": {
+                    "username": "u",
+                    "private_key_path": str(tmp_path / "rsa_key.p8"),
+                    "private_key_passphrase": "pass-phrase-1",
+                },
+            }
         ),
         export_name="e",
         app=AppConfig(),
@@ -108,12 +128,16 @@ def test_key_pair_and_oauth_credentials(tmp_path):
     loaded = serialization.load_der_private_key(args["private_key"], password=None)
     assert loaded.private_numbers() == key.private_numbers()
 
-    oauth = SnowflakeDestination.Config.model_validate({**base, "credentials": {"username": "u", "token": "tok-1"}})
+    oauth = SnowflakeDestination.Config.model_validate(
+        {**base, "credentials": {"username": "u", "token": "tok-1"}}
+    )
     args = SnowflakeDestination(oauth, export_name="e", app=AppConfig()).connect_args()
     assert args["authenticator"] == "oauth" and args["token"] == "tok-1"
 
     with pytest.raises(ValueError, match="exactly one of"):
-        SnowflakeDestination.Config.model_validate({**base, "credentials": {"username": "u", "password": "p", "token": "t"}})
+        SnowflakeDestination.Config.model_validate(
+            {**base, "credentials": {"username": "u", "password": "p", "token": "t"}}
+        )
 
 
 def test_table_created_with_types_loaded_and_reloaded_idempotently(snow, tmp_path):
@@ -124,7 +148,11 @@ def test_table_created_with_types_loaded_and_reloaded_idempotently(snow, tmp_pat
     types = column_types(snow, "REQUEST_LOGS", "ANALYTICS")
     assert types["TIMESTAMP"] == "TIMESTAMP_TZ"
     assert types["INPUT_TOKENS"] == "NUMBER" and types["COST_USD"] == "FLOAT"
-    assert types["STREAM"] == "BOOLEAN" and types["METADATA"] == "VARIANT" and types["INPUT_CONTENT"] == "VARIANT"
+    assert (
+        types["STREAM"] == "BOOLEAN"
+        and types["METADATA"] == "VARIANT"
+        and types["INPUT_CONTENT"] == "VARIANT"
+    )
     assert types["EXPORT_PARTITION"] == "TEXT"
 
     dest.write_partition(first)  # a retry
@@ -140,7 +168,9 @@ def test_table_created_with_types_loaded_and_reloaded_idempotently(snow, tmp_pat
         "WHERE request_id = 'req_2024-01-15_3'",
         schema="ANALYTICS",
     )[0]
-    assert team == "t1" and ts.isoformat().startswith("2024-01-15T10:03:00") and out_tokens is None and n == 40
+    assert (
+        team == "t1" and ts.isoformat().startswith("2024-01-15T10:03:00") and out_tokens is None and n == 40
+    )
 
 
 def test_a_new_field_becomes_a_nullable_column(snow, tmp_path):
@@ -187,7 +217,9 @@ def test_errors_name_the_export_and_store_never_a_secret(snow, tmp_path):
     query(snow, "CREATE TABLE IF NOT EXISTS conflicting (timestamp BOOLEAN, export_partition VARCHAR)")
     with pytest.raises(DestinationError) as err:
         make(snow, table="conflicting").write_partition(output)
-    assert str(err.value).startswith("export 'daily_snowflake' -> snowflake:fakesnow/BIFROST_LOGS.PUBLIC.conflicting")
+    assert str(err.value).startswith(
+        "export 'daily_snowflake' -> snowflake:fakesnow/BIFROST_LOGS.PUBLIC.conflicting"
+    )
     assert "loading request_logs into CONFLICTING failed" in str(err.value)
     assert "loader-pw-123" not in str(err.value)
     assert query(snow, "SELECT COUNT(*) FROM conflicting")[0][0] == 0
@@ -206,7 +238,9 @@ def test_bad_credentials_and_missing_database_are_not_retryable():
         msg="250001 (08001): Failed to connect to DB: Incorrect username or password was specified."
     )
     err = dest._fail(bad_login, "cannot connect")
-    assert not err.retryable and "Incorrect username or password" in str(err) and "daily_snowflake" in str(err)
+    assert (
+        not err.retryable and "Incorrect username or password" in str(err) and "daily_snowflake" in str(err)
+    )
     missing = snowflake.connector.errors.ProgrammingError(
         msg="002043 (02000): SQL compilation error: Object does not exist, or operation cannot be performed."
     )

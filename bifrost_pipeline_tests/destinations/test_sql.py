@@ -84,7 +84,9 @@ def test_table_created_with_types_loaded_and_reloaded_idempotently(postgres_serv
     dest.write_partition(first)  # a backfill of the first day
     assert count(postgres_server, pg_db, "request_logs", "analytics") == 20
     by_partition = dict(
-        query(postgres_server, pg_db, "SELECT export_partition, count(*) FROM analytics.request_logs GROUP BY 1")
+        query(
+            postgres_server, pg_db, "SELECT export_partition, count(*) FROM analytics.request_logs GROUP BY 1"
+        )
     )
     assert by_partition == {wd.DAYS[0]: 10, wd.DAYS[1]: 10}
     # JSON arrived as JSON (not a JSON string), timestamps as instants, NULLs as NULLs.
@@ -103,7 +105,9 @@ def test_a_new_field_becomes_a_nullable_column(postgres_server, pg_db, tmp_path)
     assert "region" not in column_types(postgres_server, pg_db, "evolving")
     dest.write_partition(wd.day_partition("daily_pg", wd.DAYS[1], tmp_path, with_region=True))
     assert column_types(postgres_server, pg_db, "evolving")["region"] == ("text", "YES")
-    rows = dict(query(postgres_server, pg_db, "SELECT export_partition, count(region) FROM evolving GROUP BY 1"))
+    rows = dict(
+        query(postgres_server, pg_db, "SELECT export_partition, count(region) FROM evolving GROUP BY 1")
+    )
     assert rows == {wd.DAYS[0]: 0, wd.DAYS[1]: 10}
 
 
@@ -113,7 +117,9 @@ def test_aggregate_output_gets_its_own_typed_table(postgres_server, pg_db, tmp_p
     types = column_types(postgres_server, pg_db, "weekly_metrics")
     assert types["date"][0] == "date" and types["count"][0] == "bigint"
     assert types["p95_latency"][0] == "double precision" and types["total_tokens"][0] == "numeric"
-    rows = query(postgres_server, pg_db, "SELECT provider, count, total_tokens FROM weekly_metrics ORDER BY 1")
+    rows = query(
+        postgres_server, pg_db, "SELECT provider, count, total_tokens FROM weekly_metrics ORDER BY 1"
+    )
     assert [(r[0], r[1], int(r[2])) for r in rows] == [("anthropic", 4, 1020), ("openai", 6, 630)]
 
 
@@ -140,7 +146,9 @@ def test_a_million_rows_load_in_seconds(postgres_server, pg_db, million_file):
 def test_errors_name_the_export_and_store_never_the_password(postgres_server, pg_db):
     output = wd.partition("daily_pg", wd.DAYS[0], [])
     bad_pw = SQLDestination(
-        SQLDestination.Config(url=postgres_server.url(pg_db).replace(postgres_server.password, "wrong-pw-123")),
+        SQLDestination.Config(
+            url=postgres_server.url(pg_db).replace(postgres_server.password, "wrong-pw-123")
+        ),
         export_name="daily_pg",
         app=AppConfig(),
     )
@@ -155,7 +163,9 @@ def test_errors_name_the_export_and_store_never_the_password(postgres_server, pg
     assert postgres_server.password not in str(err.value)
 
     unreachable = SQLDestination(
-        SQLDestination.Config(url=f"postgresql+psycopg://u:secret-xyz@127.0.0.1:{free_port()}/db", connect_timeout=3),
+        SQLDestination.Config(
+            url=f"postgresql+psycopg://u:secret-xyz@127.0.0.1:{free_port()}/db", connect_timeout=3
+        ),
         export_name="daily_pg",
         app=AppConfig(),
     )

@@ -211,7 +211,10 @@ def expected_error_rate_by_provider() -> dict[str, tuple[int, float]]:
 
 def check_analyst_answers(results: dict[str, list[tuple]]) -> None:
     """Compare the rows of the three analyst queries with the expected numbers (order-insensitive)."""
-    cost = {(str(r[0]), str(r[1])[:10]): (int(r[2]), round(float(r[3]), 6)) for r in results["cost_by_customer_day"]}
+    cost = {
+        (str(r[0]), str(r[1])[:10]): (int(r[2]), round(float(r[3]), 6))
+        for r in results["cost_by_customer_day"]
+    }
     assert cost == expected_cost_by_customer_day()
     p95 = {str(r[0]): float(r[1]) for r in results["p95_latency_by_model"]}
     expected = expected_p95_by_model()

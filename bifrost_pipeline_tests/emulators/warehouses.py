@@ -58,14 +58,26 @@ def fakesnow_server(warehouse_logs):
 @pytest.fixture(scope="session")
 def bigquery_server(warehouse_logs, tmp_path_factory):
     if not BIGQUERY_BIN.exists():
-        pytest.fail(f"{BIGQUERY_BIN} is missing: run scripts/emulators/bigquery.sh (or scripts/install-emulators.sh)")
+        pytest.fail(
+            f"{BIGQUERY_BIN} is missing: run scripts/emulators/bigquery.sh (or scripts/install-emulators.sh)"
+        )
     port, grpc_port = free_port(), free_port()
     data_dir = tmp_path_factory.mktemp("bigquery-data")
     server = start_server(
         "local-bigquery",
         [
-            str(BIGQUERY_BIN), "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--grpc-port", str(grpc_port), "--data-dir", str(data_dir), "--project", "bifrost-test",
+            str(BIGQUERY_BIN),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+            "--data-dir",
+            str(data_dir),
+            "--project",
+            "bifrost-test",
         ],
         port,
         warehouse_logs,
@@ -121,8 +133,17 @@ def postgres_server(warehouse_logs):
     subprocess.run(
         _as_postgres(
             [
-                str(PG_BIN / "initdb"), "-D", str(pgdata), "-U", PG_USER, f"--pwfile={pwfile}",
-                "--auth-local=trust", "--auth-host=md5", "-E", "UTF8", "--no-sync",
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                PG_USER,
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=md5",
+                "-E",
+                "UTF8",
+                "--no-sync",
             ]
         ),
         check=True,
@@ -133,11 +154,24 @@ def postgres_server(warehouse_logs):
         "postgres",
         _as_postgres(
             [
-                str(PG_BIN / "postgres"), "-D", str(pgdata), "-p", str(port),
-                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data_dir}",
-                "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                str(PG_BIN / "postgres"),
+                "-D",
+                str(pgdata),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={data_dir}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
                 # md5 (not SCRAM) password hashes: redshift_connector does not speak SCRAM.
-                "-c", "password_encryption=md5",
+                "-c",
+                "password_encryption=md5",
             ]
         ),
         port,
@@ -150,7 +184,9 @@ def postgres_server(warehouse_logs):
     while True:  # the port opens a moment before the server accepts logins
         try:
             # initdb stored the password as SCRAM: store it again as md5 (over the trusted local socket).
-            with psycopg.connect(host=str(data_dir), port=port, user=PG_USER, dbname="postgres", autocommit=True) as con:
+            with psycopg.connect(
+                host=str(data_dir), port=port, user=PG_USER, dbname="postgres", autocommit=True
+            ) as con:
                 con.execute(f"ALTER ROLE {PG_USER} PASSWORD '{PG_PASSWORD}'")
             break
         except Exception:
@@ -160,7 +196,10 @@ def postgres_server(warehouse_logs):
     pg.execute("SELECT 1")
     yield pg
     # A fast shutdown (the default SIGTERM waits for every client to leave), then stop by PID.
-    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"]), capture_output=True)
+    subprocess.run(
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"]),
+        capture_output=True,
+    )
     server.stop()
     shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -195,8 +234,13 @@ def redshift_standin(postgres_server, warehouse_logs):
     shim = start_server(
         "redshift-shim",
         [
-            sys.executable, "-m", "bifrost_pipeline_tests.emulators.redshift_shim",
-            "--port", str(port), "--upstream-port", str(postgres_server.port),
+            sys.executable,
+            "-m",
+            "bifrost_pipeline_tests.emulators.redshift_shim",
+            "--port",
+            str(port),
+            "--upstream-port",
+            str(postgres_server.port),
         ],
         port,
         warehouse_logs,
