@@ -325,7 +325,7 @@ def test_proxy_imports_no_pipeline_engine(tmp_path):
     assert out.returncode == 0, out.stderr
     heavy, seconds = out.stdout.strip().rsplit(" ", 1)
     assert heavy == "[]", f"the proxy imported {heavy}"
-    assert float(seconds) < 3.0
+    assert float(seconds) < 10.0  # typically 0.3-0.5 s; generous for a loaded CI machine
 
 
 def test_cli_parser_runs_the_proxy_command():
