@@ -131,6 +131,8 @@ class SQLDestination(Destination):
         import sqlalchemy.exc as sa_exc
 
         engine = self._engine()
+        # COPY runs on the driver's own connection: its errors are the driver's, not SQLAlchemy's.
+        driver_error = getattr(engine.dialect.loaded_dbapi, "Error", sa_exc.DBAPIError)
         rows: dict[str, int] = {}
         tables: list[str] = []
         try:
@@ -143,7 +145,7 @@ class SQLDestination(Destination):
                     name = table_for(self.table, f.dataset)
                     try:
                         rows[f.dataset] = self._load(conn, name, f, output.partition_key)
-                    except sa_exc.SQLAlchemyError as err:
+                    except (sa_exc.SQLAlchemyError, driver_error) as err:
                         raise self._fail(err, f"loading {f.dataset} into {name} failed") from None
                     tables.append(f"{self.config.schema_name}.{name}" if self.config.schema_name else name)
         finally:

@@ -173,3 +173,49 @@ def test_errors_name_the_export_and_store_never_the_password(postgres_server, pg
         unreachable.write_partition(output)
     assert "cannot connect" in str(err.value) and err.value.retryable
     assert "secret-xyz" not in str(err.value)
+
+
+def test_a_failed_load_keeps_the_partition_as_it_was(postgres_server, pg_db, tmp_path):
+    import pyarrow as pa
+
+    dest = make(postgres_server, pg_db, table="atomic")
+    dest.write_partition(wd.day_partition("daily_pg", wd.DAYS[0], tmp_path))
+    # The same partition again, but one latency does not fit the INTEGER column: COPY fails after DELETE.
+    table = wd.records_table(wd.day_records(wd.DAYS[0]))
+    latency = table.column("latency_ms").cast(pa.int64()).to_pylist()
+    latency[-1] = 2**40
+    bad = table.set_column(
+        table.schema.get_field_index("latency_ms"), "latency_ms", pa.array(latency, pa.int64())
+    )
+    output = wd.partition("daily_pg", wd.DAYS[0], [wd.dataset_file(bad, "request_logs", tmp_path / "bad")])
+    with pytest.raises(DestinationError) as err:
+        dest.write_partition(output)
+    assert "loading request_logs into atomic failed" in str(err.value) and "out of range" in str(err.value)
+    assert count(postgres_server, pg_db, "atomic") == 10
+
+
+def test_other_databases_load_through_executemany(tmp_path):
+    # SQLite stands for "a database without COPY": the portable executemany path, same semantics.
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    dest = SQLDestination(
+        SQLDestination.Config(url=url, table="request_logs"), export_name="lite", app=AppConfig()
+    )
+    first = wd.day_partition("lite", wd.DAYS[0], tmp_path)
+    dest.write_partition(first)
+    dest.write_partition(first)
+    dest.write_partition(wd.day_partition("lite", wd.DAYS[1], tmp_path, with_region=True))
+    engine = sa.create_engine(url)
+    with engine.connect() as con:
+        counts = dict(
+            con.execute(sa.text("SELECT export_partition, count(*) FROM request_logs GROUP BY 1")).all()
+        )
+        regions = con.execute(sa.text("SELECT count(region) FROM request_logs")).scalar()
+        team = con.execute(
+            sa.text(
+                "SELECT json_extract(metadata, '$.team') FROM request_logs WHERE request_id = 'req_2024-01-15_3'"
+            )
+        ).scalar()
+    engine.dispose()
+    assert counts == {wd.DAYS[0]: 10, wd.DAYS[1]: 10} and regions == 10 and team == "t1"
