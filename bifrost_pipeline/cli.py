@@ -51,6 +51,29 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    from datetime import date, timedelta
+
+    from bifrost_pipeline.backfill import backfill
+    from bifrost_pipeline.config import ConfigError, config_path, load_config
+
+    path = config_path(args.config).resolve()
+    try:
+        app = load_config(path)
+        first, last = date.fromisoformat(args.start), date.fromisoformat(args.end)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"--from/--to: expected dates as YYYY-MM-DD ({err})", file=sys.stderr)
+        return 2
+    if last < first:
+        print("--to is before --from", file=sys.stderr)
+        return 2
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    return 0 if backfill(app, path, days) else 1
+
+
 def _schema(args: argparse.Namespace) -> int:
     from bifrost_pipeline import records
 
@@ -73,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--proxy-requests", type=int, default=40, help="requests sent through the proxy (0: none)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("backfill", help="materialize raw_logs and every export for a range of UTC days, in order")
+    p.add_argument("--from", dest="start", required=True, help="first UTC day, YYYY-MM-DD")
+    p.add_argument("--to", dest="end", required=True, help="last UTC day, YYYY-MM-DD")
+    p.add_argument("--config", help="config file (default: $BIFROST_PIPELINE_CONFIG or ./bifrost_pipeline.yaml)")
+    p.set_defaults(func=_backfill)
 
     p = sub.add_parser("schema", help="print the Parquet schema of the log record (derived from schemas/)")
     p.set_defaults(func=_schema)
