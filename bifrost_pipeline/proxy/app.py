@@ -25,7 +25,6 @@ from .metrics import PROM_HEADER_PREFIX, Metrics
 from .pricing import Pricing
 from .record import (
     ENDPOINTS,
-    SECRET_HEADERS,
     base_record,
     error_of,
     finish_reason_of,
@@ -830,6 +829,3 @@ class ProxyApp:
             out.append(b"\r\n")
         out.append(f"--{boundary}--\r\n".encode())
         return b"".join(out), f"multipart/form-data; boundary={boundary}"
-
-
-__all__ = ["ProxyApp", "SECRET_HEADERS"]
