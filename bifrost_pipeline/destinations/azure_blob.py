@@ -10,6 +10,7 @@ else DefaultAzureCredential (AZURE_* environment variables, workload identity, m
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -44,7 +45,15 @@ class AzureBlobConfig(PrefixedConfig):
     connection_timeout: float = Field(20, gt=0)
     read_timeout: float = Field(60, gt=0)
 
-    _container = field_validator("container")(classmethod(lambda cls, v: check_name(v, "container")))
+    @field_validator("container")
+    @classmethod
+    def _container(cls, v: str) -> str:
+        v = check_name(v, "container")
+        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", v) and v != "$root":
+            raise ValueError(
+                f"container {v!r} is not a valid name: 3 to 63 lowercase letters, digits and single hyphens"
+            )
+        return v
     _url = field_validator("account_url")(classmethod(lambda cls, v: check_endpoint(v)))
 
     @field_validator("account_key", "sas_token", "connection_string", mode="before")
@@ -178,7 +187,8 @@ class AzureBlobDestination(ObjectStoreDestination):
         from azure.core import exceptions as ax
 
         cfg = self.config
-        code = str(getattr(err, "error_code", None) or "")
+        code = getattr(err, "error_code", None)
+        code = str(getattr(code, "value", code) or "")  # a StorageErrorCode enum, or a plain string
         status = getattr(getattr(err, "response", None), "status_code", None) or getattr(err, "status_code", 0) or 0
         if type(err).__name__ == "CredentialUnavailableError" or (
             isinstance(err, ax.ClientAuthenticationError) and status == 0
@@ -190,7 +200,9 @@ class AzureBlobDestination(ObjectStoreDestination):
             )
         if code == "ContainerNotFound":
             return self.error(f"{action}: container {cfg.container!r} does not exist (create it, or fix `container`)")
-        if isinstance(err, ax.ClientAuthenticationError) or code in (
+        # A bad shared-key signature is AuthenticationFailed on Azure, AuthorizationFailure on Azurite.
+        bad_signature = code == "AuthorizationFailure" and "failed to authenticate" in str(err)
+        if bad_signature or isinstance(err, ax.ClientAuthenticationError) or code in (
             "AuthenticationFailed", "InvalidAuthenticationInfo", "NoAuthenticationInformation"
         ):
             return self.error(
@@ -200,7 +212,8 @@ class AzureBlobDestination(ObjectStoreDestination):
         if status == 403 or code.startswith("Authorization"):
             return self.error(
                 f"{action}: access denied ({code or 403}). The identity needs the Storage Blob Data "
-                "Contributor role (or a SAS with read, add, create, write, delete and list)"
+                "Contributor role (or a SAS with read, add, create, write, delete and list), and the "
+                "account's network rules must admit this client"
             )
         if isinstance(err, ax.ServiceRequestError):
             where = cfg.account_url or (
