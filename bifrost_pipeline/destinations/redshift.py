@@ -264,7 +264,11 @@ class RedshiftDestination(Destination):
         con.autocommit = True
         try:
             cur = con.cursor()
-            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(self.config.schema_name)}")
+            cur.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._folded(self.config.schema_name),)
+            )
+            if cur.fetchone() is None:  # create only when missing: the loader may lack CREATE on the database
+                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(self.config.schema_name)}")
             cur.execute("SELECT version()")
             on_redshift = "redshift" in str(cur.fetchone()[0]).lower()
             sort = ""

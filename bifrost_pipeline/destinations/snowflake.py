@@ -288,7 +288,8 @@ class SnowflakeDestination(Destination):
         cols = columns_of(f)
         self._ensure_table(cur, table, cols)  # DDL commits implicitly in Snowflake: before the transaction
         # The table's own stage (@%TABLE) needs no CREATE STAGE privilege; a run-unique path per load.
-        stage_path = f"@%{table.upper()}/bifrost/{output.partition_key}/{uuid.uuid4().hex}/"
+        safe_key = re.sub(r"[^A-Za-z0-9_.=-]", "_", output.partition_key)
+        stage_path = f"@%{table.upper()}/bifrost/{safe_key}/{uuid.uuid4().hex}/"
         local = Path(f.parquet_path).resolve().as_posix()
         cur.execute(f"PUT {literal('file://' + local)} {stage_path} AUTO_COMPRESS=FALSE OVERWRITE=TRUE")
         targets = ", ".join([*(ident(c.name) for c in cols), ident(PARTITION_COLUMN)])
@@ -302,7 +303,7 @@ class SnowflakeDestination(Destination):
             )
             results = cur.execute(
                 f"COPY INTO {self._qualified(table)} ({targets}) FROM (SELECT {selects} FROM {stage_path}) "
-                "FILE_FORMAT = (TYPE = PARQUET) ON_ERROR = ABORT_STATEMENT"
+                "FILE_FORMAT = (TYPE = PARQUET USE_LOGICAL_TYPE = TRUE) ON_ERROR = ABORT_STATEMENT"
             ).fetchall()
             loaded = sum(int(r[3] or 0) for r in results if len(r) > 3 and str(r[1]).upper() == "LOADED")
             if loaded != f.rows:
