@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+from pathlib import Path
 
 import boto3
 import pytest
@@ -245,3 +247,77 @@ def test_manifest_is_json_with_the_partition_facts(store, tmp_path):
     assert manifest["export"] == "e" and manifest["partition"] == "2024-01-15"
     assert manifest["format"] == "csv" and manifest["compression"] == "zstd"
     assert manifest["files"][0]["rows"] == 3
+
+
+# --- end to end: the seed's "daily_s3_export" against moto, through Dagster ----------------------------------
+
+
+def test_the_seed_daily_s3_export_materializes_into_s3(moto_s3, tmp_path, monkeypatch):
+    import io
+
+    import dagster as dg
+    import polars as pl
+    import yaml
+
+    from bifrost_pipeline.config import load_config
+    from bifrost_pipeline.definitions import build_definitions
+    from bifrost_pipeline.defs.sensors import RAW_JOB
+    from bifrost_pipeline_tests.helpers import HASH_KEY, land, record
+
+    seed = json.loads((Path(__file__).parents[1] / "data" / "seed_complete_example.json").read_text())
+    (entry,) = [e for e in seed["log_exports"]["exports"] if e["name"] == "daily_s3_export"]
+    entry["destination"]["config"]["endpoint_url"] = moto_s3.url  # the only key added to the seed's entry
+    path = tmp_path / "bifrost_pipeline.yaml"
+    path.write_text(yaml.safe_dump({
+        "log_exports": {"enabled": True, "exports": [entry]},
+        "landing": {"path": "landing"},
+        "pipeline": {"data_dir": "data", "start_date": "2024-01-01", "export_retries": 0},
+    }))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", MOTO_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "moto-secret-value")
+    monkeypatch.setenv("BIFROST_ANONYMIZE_KEY", HASH_KEY)
+    s3 = boto3.client("s3", endpoint_url=moto_s3.url, region_name="us-west-2",
+                      aws_access_key_id=MOTO_KEY, aws_secret_access_key=MOTO_KEY)
+    s3.create_bucket(Bucket="bifrost-logs-prod", CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+
+    app = load_config(path)
+    codes = [200, 200, 201, 400, 404, 429, 500, 503, 200, 401]  # 201, 429 and 503 are filtered out
+    rows = [
+        record(request_id=f"r{i}", timestamp=f"2024-01-15T{i + 1:02d}:10:00Z", status_code=c,
+               status="success" if c < 400 else "error", **({"error_type": "upstream_error"} if c >= 400 else {}))
+        for i, c in enumerate(codes)
+    ]
+    land(app, rows)
+    defs = build_definitions(app, str(path))
+    instance = dg.DagsterInstance.ephemeral()
+    assert defs.resolve_job_def(RAW_JOB).execute_in_process(partition_key="2024-01-15", instance=instance).success
+    result = defs.resolve_job_def("export_daily_s3_export_job").execute_in_process(
+        partition_key="2024-01-15", instance=instance
+    )
+    assert result.success
+
+    prefix = "daily-exports/2024/01/15/"
+    listed = s3.list_objects_v2(Bucket="bifrost-logs-prod", Prefix="")["Contents"]
+    assert {o["Key"] for o in listed} == {
+        prefix + n for n in ("request_logs.parquet", "response_logs.parquet", "error_logs.parquet", "_manifest.json")
+    }
+    manifest = json.loads(s3.get_object(Bucket="bifrost-logs-prod", Key=prefix + "_manifest.json")["Body"].read())
+    assert manifest["export"] == "daily_s3_export" and manifest["format"] == "parquet"
+    assert manifest["compression"] == "gzip"
+    kept = {f"r{i}" for i, c in enumerate(codes) if c in (200, 400, 401, 403, 404, 500)}
+    for f in manifest["files"]:
+        data = s3.get_object(Bucket="bifrost-logs-prod", Key=prefix + f["name"])["Body"].read()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (f["bytes"], f["sha256"])
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(io.BytesIO(data)).metadata
+        assert meta.row_group(0).column(0).compression == "GZIP"
+        frame = pl.read_parquet(io.BytesIO(data))
+        assert frame.height == f["rows"]
+        if f["dataset"] == "request_logs":
+            assert set(frame["request_id"]) == kept
+        if f["dataset"] == "error_logs":
+            assert set(frame["request_id"]) == {f"r{i}" for i, c in enumerate(codes) if c in (400, 401, 404, 500)}
+    meta = result.asset_materializations_for_node("export_daily_s3_export")[0].metadata
+    assert "s3://bifrost-logs-prod/daily-exports/2024/01/15/" in json.dumps({k: str(v.value) for k, v in meta.items()})
+    assert "moto-secret-value" not in str(result.all_events)
