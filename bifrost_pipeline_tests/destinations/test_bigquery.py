@@ -173,3 +173,20 @@ def test_unreachable_endpoint_is_a_retryable_error_naming_export_and_store(tmp_p
     )
     assert f"cannot use dataset {PROJECT}.{DATASET}" in str(err.value) and err.value.retryable
     assert "k-123456" not in key.replace("k-123456", "") + str(err.value)
+
+
+def test_a_file_staged_by_the_export_step_loads_as_is(bq, tmp_path):
+    import polars as pl
+
+    from bifrost_pipeline.exports import stage_dataset
+
+    server, client = bq
+    lf = pl.from_arrow(wd.records_table(wd.day_records(wd.DAYS[0]))).lazy()
+    staged = stage_dataset(lf, "request_logs", "json", "gzip", tmp_path)
+    make(server, table="staged").write_partition(wd.partition("weekly_bigquery", wd.DAYS[0], [staged]))
+    types = {f.name: f.field_type for f in client.get_table(f"{PROJECT}.{DATASET}.staged").schema}
+    assert (
+        types["metadata"] == "JSON" and types["timestamp"] == "TIMESTAMP" and types["request_id"] == "STRING"
+    )
+    got = rows(client, f"SELECT COUNT(*), COUNT(JSON_VALUE(metadata, '$.team')) FROM {DATASET}.staged")
+    assert got == [(10, 7)]

@@ -249,3 +249,20 @@ def test_bad_credentials_and_missing_database_are_not_retryable():
     assert not dest._fail(missing, "cannot use NO_SUCH_DB.PUBLIC").retryable
     echoed = snowflake.connector.errors.DatabaseError(msg="login failed for password loader-pw-123")
     assert "loader-pw-123" not in str(dest._fail(echoed, "cannot connect"))
+
+
+def test_a_file_staged_by_the_export_step_loads_as_is(snow, tmp_path):
+    import polars as pl
+
+    from bifrost_pipeline.exports import stage_dataset
+
+    lf = pl.from_arrow(wd.records_table(wd.day_records(wd.DAYS[0]))).lazy()
+    staged = stage_dataset(lf, "request_logs", "json", "gzip", tmp_path)
+    make(snow, table="staged").write_partition(wd.partition("daily_snowflake", wd.DAYS[0], [staged]))
+    types = column_types(snow, "STAGED")
+    assert (
+        types["METADATA"] == "VARIANT"
+        and types["TIMESTAMP"] == "TIMESTAMP_TZ"
+        and types["REQUEST_ID"] == "TEXT"
+    )
+    assert query(snow, "SELECT COUNT(*), COUNT(metadata:team) FROM staged") == [(10, 7)]

@@ -219,3 +219,22 @@ def test_other_databases_load_through_executemany(tmp_path):
         ).scalar()
     engine.dispose()
     assert counts == {wd.DAYS[0]: 10, wd.DAYS[1]: 10} and regions == 10 and team == "t1"
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+def test_files_staged_by_the_export_step_load_as_is(postgres_server, pg_db, tmp_path, fmt):
+    # The real staging function of the export step (Polars writes large_string; JSON exports get a Parquet
+    # copy beside the export file): what a warehouse receives in production.
+    import polars as pl
+
+    from bifrost_pipeline.exports import stage_dataset
+
+    lf = pl.from_arrow(wd.records_table(wd.day_records(wd.DAYS[0]))).lazy()
+    staged = stage_dataset(lf, "request_logs", fmt, "gzip" if fmt == "json" else "zstd", tmp_path / fmt)
+    assert {"metadata", "input_content", "output_content"} <= set(staged.json_columns)
+    dest = make(postgres_server, pg_db, table=f"staged_{fmt}")
+    dest.write_partition(wd.partition("daily_pg", wd.DAYS[0], [staged]))
+    types = column_types(postgres_server, pg_db, f"staged_{fmt}")
+    assert types["metadata"][0] == "jsonb" and types["timestamp"][0] == "timestamp with time zone"
+    assert types["request_id"][0] == "text" and types["latency_ms"][0] == "integer"
+    assert count(postgres_server, pg_db, f"staged_{fmt}") == 10
