@@ -168,6 +168,29 @@ def local_copy(tmp_path: Path, out: PartitionOutput) -> tuple[dict[str, bytes], 
 # --- the checks ----------------------------------------------------------------------------------------------
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "destinations-object-stores.md"
+
+
+def doc_example(kind: str) -> dict:
+    """The config example of docs/destinations-object-stores.md marked `<!-- example: KIND -->`."""
+    import re
+
+    import yaml
+
+    match = re.search(rf"<!-- example: {kind} -->\s*```yaml\n(.*?)```", DOCS.read_text(), re.S)
+    assert match, f"no example for {kind} in {DOCS}"
+    return yaml.safe_load(match.group(1))
+
+
+def check_doc_example(kind: str, env: dict[str, str]) -> Any:
+    from bifrost_pipeline.config import parse_config
+
+    app = parse_config(doc_example(kind), env=env)
+    (export,) = app.exports
+    assert export.destination.type == kind
+    return export.destination.config
+
+
 def check_round_trip(store: Store, tmp_path: Path, fmt: str, codec: str) -> None:
     bucket = store.new_bucket()
     out = output(tmp_path / "stage", fmt, codec)

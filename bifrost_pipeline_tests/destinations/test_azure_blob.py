@@ -167,3 +167,8 @@ def test_config_errors(config, expected):
         parse_config(raw, env={})
     text = "\n".join(err.value.problems)
     assert "log_exports.exports[0].destination.config" in text and expected in text
+
+
+def test_the_docs_example_loads():
+    cfg = cases.check_doc_example("azure_blob", {"AZURE_ACCOUNT_NAME": "bifrostlogs", "AZURE_ACCOUNT_KEY": "a2V5"})
+    assert cfg.account_name == "bifrostlogs" and cfg.container == "bifrost-logs"

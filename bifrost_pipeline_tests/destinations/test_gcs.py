@@ -202,3 +202,8 @@ def test_seed_keys_load_unchanged_and_secrets_stay_hidden(tmp_path):
     (problem,) = err.value.problems
     assert problem.startswith("log_exports.exports[0].destination.config.credentials.service_account_key")
     assert "does not parse" in problem and "BEGIN" not in problem
+
+
+def test_the_docs_example_loads():
+    cfg = cases.check_doc_example("gcs", {"GCP_SERVICE_ACCOUNT_KEY": "/etc/bifrost/gcs-key.json"})
+    assert cfg.credentials.service_account_key.get_secret_value() == "/etc/bifrost/gcs-key.json"

@@ -321,3 +321,8 @@ def test_the_seed_daily_s3_export_materializes_into_s3(moto_s3, tmp_path, monkey
     meta = result.asset_materializations_for_node("export_daily_s3_export")[0].metadata
     assert "s3://bifrost-logs-prod/daily-exports/2024/01/15/" in json.dumps({k: str(v.value) for k, v in meta.items()})
     assert "moto-secret-value" not in str(result.all_events)
+
+
+def test_the_docs_example_loads():
+    cfg = cases.check_doc_example("s3", {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "doc-secret"})
+    assert cfg.sse == "aws:kms" and cfg.kms_key_id == "alias/bifrost-exports"
