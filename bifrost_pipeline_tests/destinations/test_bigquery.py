@@ -190,3 +190,82 @@ def test_a_file_staged_by_the_export_step_loads_as_is(bq, tmp_path):
     )
     got = rows(client, f"SELECT COUNT(*), COUNT(JSON_VALUE(metadata, '$.team')) FROM {DATASET}.staged")
     assert got == [(10, 7)]
+
+
+# --- end to end: the seed's "weekly_bigquery_export" through Dagster into local-bigquery ---------------------
+
+
+def test_the_seed_weekly_bigquery_export_materializes_into_bigquery(bq, tmp_path, monkeypatch):
+    import dagster as dg
+    import yaml
+
+    from bifrost_pipeline.config import load_config
+    from bifrost_pipeline.definitions import build_definitions
+    from bifrost_pipeline.defs.sensors import RAW_JOB
+    from bifrost_pipeline_tests.helpers import HASH_KEY, land, record
+
+    server, client = bq
+    seed = json.loads(
+        (wd.ROOT / "bifrost_pipeline_tests" / "data" / "seed_complete_example.json").read_text()
+    )
+    (entry,) = [e for e in seed["log_exports"]["exports"] if e["name"] == "weekly_bigquery_export"]
+    config = entry["destination"]["config"]
+    # The emulator's endpoint instead of Google's (and so no service account key: anonymous credentials).
+    config["api_endpoint"] = server.url
+    config["project_id"] = PROJECT
+    del config["credentials"]
+    path = tmp_path / "bifrost_pipeline.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "log_exports": {"enabled": True, "exports": [entry]},
+                "landing": {"path": "landing"},
+                "pipeline": {"data_dir": "data", "start_date": "2024-01-01", "export_retries": 0},
+            }
+        )
+    )
+    monkeypatch.setenv("BIFROST_ANONYMIZE_KEY", HASH_KEY)
+    app = load_config(path)
+    rows_in = [
+        record(
+            request_id=f"r{i}",
+            timestamp=f"2024-01-{15 + i % 3}T1{i % 10}:00:00Z",
+            provider="openai" if i % 2 else "anthropic",
+            model="gpt-4o" if i % 2 else "claude-3-sonnet",
+            customer_id=f"cust_{i % 3}",
+            status="error" if i % 5 == 0 else "success",
+            status_code=500 if i % 5 == 0 else 200,
+            latency_ms=100 + 10 * i,
+            **({"error_type": "upstream_error"} if i % 5 == 0 else {}),
+        )
+        for i in range(30)
+    ]
+    for day in ("15", "16", "17"):
+        land(app, [r for r in rows_in if r["timestamp"].startswith(f"2024-01-{day}")])
+    defs = build_definitions(app, str(path))
+    instance = dg.DagsterInstance.ephemeral()
+    for day in range(14, 21):  # the week of Sunday 2024-01-14 (days without traffic are empty partitions)
+        raw = defs.resolve_job_def(RAW_JOB).execute_in_process(
+            partition_key=f"2024-01-{day}", instance=instance
+        )
+        assert raw.success
+    job = defs.resolve_job_def("export_weekly_bigquery_export_job")
+    for _ in range(2):  # a re-materialization replaces the partition's rows
+        assert job.execute_in_process(partition_key="2024-01-14", instance=instance).success
+
+    tables = {t.table_id for t in client.list_tables("bifrost_analytics")}
+    assert "weekly_logs" in tables, tables
+    got = rows(
+        client,
+        "SELECT provider, model, customer_id, total_requests, error_rate, export_partition "
+        "FROM bifrost_analytics.weekly_logs ORDER BY 1, 2, 3",
+    )
+    expected: dict[tuple, list] = {}
+    for r in rows_in:
+        key = (r["provider"], r["model"], r["customer_id"])
+        expected.setdefault(key, []).append(r["status"] == "error")
+    assert [(g[0], g[1], g[2]) for g in got] == sorted(expected)
+    for g in got:
+        errors = expected[(g[0], g[1], g[2])]
+        assert int(g[3]) == len(errors) and abs(float(g[4]) - sum(errors) / len(errors)) < 1e-9
+        assert g[5] == "2024-01-14"
