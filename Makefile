@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Local servers the destination tests start (installed once; see docs/EMULATORS and shared notes).
+# Local servers the destination tests start (installed once; see docs/testing.md).
 emulators: $(STAMP)
 	bash scripts/install-emulators.sh
 
@@ -25,11 +25,15 @@ test: $(STAMP) emulators
 	$(VENV)/bin/ruff check bifrost_pipeline bifrost_pipeline_tests bench
 	$(PY) -m pytest -q
 
+# The Dagster UI and daemon on the instance of dagster.yaml (the demo's runs are there).
+# The demo config hashes ids with the key in BIFROST_ANONYMIZE_KEY: the demo's own key unless you set one.
 dev: $(STAMP)
-	$(VENV)/bin/dagster dev
+	BIFROST_ANONYMIZE_KEY=$${BIFROST_ANONYMIZE_KEY:-demo-only-anonymize-key} DAGSTER_HOME=$(CURDIR) \
+		$(VENV)/bin/dagster dev -w workspace.yaml
 
 bench: $(STAMP)
 	$(PY) bench/pipeline_bench.py
+	$(PY) bench/proxy_bench.py
 
 clean:
 	rm -rf .bifrost .tmp_dagster_home

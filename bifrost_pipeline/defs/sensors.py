@@ -85,14 +85,16 @@ def build_reexport_sensor(app: AppConfig, export_jobs: list) -> dg.SensorDefinit
         result = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=RAW, after_storage_id=after), limit=200, ascending=True
         )
-        requests = []
+        requests: dict[tuple, dg.RunRequest] = {}
         cursor = after
         for record in result.records:
             cursor = max(cursor, record.storage_id)
             day = date.fromisoformat(record.partition_key)
             for export in exports:
-                requests.extend(_reexports(context.instance, app, export, day, record))
-        return dg.SensorResult(run_requests=requests, cursor=str(cursor))
+                for request in _reexports(context.instance, app, export, day, record):
+                    # several raw days of one weekly window updated in one tick: one run for the window
+                    requests[(request.job_name, request.partition_key)] = request
+        return dg.SensorResult(run_requests=list(requests.values()), cursor=str(cursor))
 
     return raw_logs_updated_sensor
 
