@@ -380,15 +380,15 @@ def _scan(paths: list[Path], day: date) -> pl.LazyFrame:
     ).with_columns(_reason_expr(day))
 
 
-def _fast(paths: list[Path], day: date, out: _DayOutput) -> tuple[pl.DataFrame, pl.DataFrame] | None:
-    """One streaming pass over `paths`: valid rows sunk to a part, rejected rows and per-file counts returned.
+def _fast(paths: list[Path], day: date, out: _DayOutput, work: Path) -> tuple[Path, pl.DataFrame] | None:
+    """One streaming pass over `paths`: valid rows sunk to a part, rejected rows to `work`.
 
-    None when the reader refuses some line of some file (the caller then takes the careful path).
+    Returns (rejected rows file, rows per file), or None when the reader refuses some line of some file
+    (the caller then takes the careful path).
     """
     lf = _scan(paths, day)
     part = out.next_part()
-    tmp_dir = part.with_suffix(".work")
-    tmp_dir.mkdir()
+    rejected_path = work / f"rejected-{out.parts:05d}.parquet"
     try:
         valid = lf.filter(pl.col(REASON) == "").select(_typed_exprs())
         rejected = lf.filter(pl.col(REASON) != "").select(SEGMENT, INDEX, REASON)
@@ -399,18 +399,16 @@ def _fast(paths: list[Path], day: date, out: _DayOutput) -> tuple[pl.DataFrame, 
                     part, compression=RAW_COMPRESSION[0], compression_level=RAW_COMPRESSION[1],
                     row_group_size=ROW_GROUP_ROWS, lazy=True,
                 ),
-                rejected.sink_parquet(tmp_dir / "rejected.parquet", lazy=True),
-                counts.sink_parquet(tmp_dir / "counts.parquet", lazy=True),
+                rejected.sink_parquet(rejected_path, lazy=True),
+                counts.sink_parquet(work / "counts.parquet", lazy=True),
             ],
             engine="streaming",
         )
-        return pl.read_parquet(tmp_dir / "rejected.parquet"), pl.read_parquet(tmp_dir / "counts.parquet")
+        return rejected_path, pl.read_parquet(work / "counts.parquet")
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.InvalidOperationError):
         part.unlink(missing_ok=True)
         out.parts -= 1
         return None
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _rejected_lines(path: Path, wanted: dict[int, str]) -> list[tuple[int, str, bytes]]:
@@ -442,11 +440,13 @@ def validate_day(app: AppConfig, day: date, *, block_bytes: int = BLOCK_BYTES) -
         result.bytes_read += seg.size
         result.newest_segment_mtime = max(result.newest_segment_mtime or seg.mtime, seg.mtime)
     out = _DayOutput(app, day)
+    work = out.tmp_raw.with_name(out.tmp_raw.name + ".work")
+    work.mkdir()
     try:
         pending = [segments] if segments else []
         while pending:
             group = pending.pop(0)
-            fast = _fast([s.path for s in group], day, out)
+            fast = _fast([s.path for s in group], day, out, work)
             if fast is not None:
                 _account_fast(group, fast, result, out, root)
             elif len(group) > 1:
@@ -458,23 +458,28 @@ def validate_day(app: AppConfig, day: date, *, block_bytes: int = BLOCK_BYTES) -
     except BaseException:
         out.abort()
         raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     result.raw_path = out.final_raw
     result.quarantine_path = out.final_quarantine
     return result
 
 
 def _account_fast(group, fast, result: DayResult, out: _DayOutput, root: Path) -> None:
-    rejected, counts = fast
+    rejected_path, counts = fast
     rows = dict(zip(counts[SEGMENT].to_list(), counts["rows"].to_list(), strict=True))
+    rejected = pl.scan_parquet(rejected_path)
+    n_rejected = rejected.select(pl.len()).collect().item()
     total = sum(rows.values())
     result.lines += total
-    result.valid_rows += total - rejected.height
-    if rejected.height == 0:
+    result.valid_rows += total - n_rejected
+    if n_rejected == 0:
         return
     offset = 0
     for seg in group:  # the row index runs across the files in this order
         n = rows.get(str(seg.path), 0)
-        mine = rejected.filter(pl.col(SEGMENT) == str(seg.path))
+        # one segment's rejected rows at a time: memory stays bounded by a segment even on a bad day
+        mine = rejected.filter(pl.col(SEGMENT) == str(seg.path)).select(INDEX, REASON).collect()
         if mine.height:
             wanted = {i - offset: r for i, r in zip(mine[INDEX].to_list(), mine[REASON].to_list(), strict=True)}
             bad = _rejected_lines(seg.path, wanted)

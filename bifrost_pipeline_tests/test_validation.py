@@ -122,3 +122,17 @@ def test_recover_publishes_a_crashed_writers_segment_up_to_its_last_line(tmp_pat
     assert published.read_bytes().endswith(b"}\n")
     result = validation.validate_day(app, DAY)
     assert result.valid_rows == 1 and result.quarantined_rows == 0
+
+
+def test_several_segments_each_keep_their_own_line_numbers(tmp_path):
+    app = make_app(tmp_path)
+    clean = land(app, [record(request_id="c1"), record(request_id="c2")], when=utc(2024, 1, 15, 1))
+    broken = land(app, [record(request_id="b1"), b"{oops", record(request_id="b3")], when=utc(2024, 1, 15, 2))
+    ruled = land(app, [record(request_id="r1"), record(request_id="r2", status="maybe"), b"", record(request_id="r4", latency_ms=-1)], when=utc(2024, 1, 15, 3))
+    result = validation.validate_day(app, DAY)
+    assert (result.valid_rows, result.quarantined_rows) == (5, 3)
+    q = {(r["segment"], r["line"]): r["reason"] for r in pl.read_parquet(result.quarantine_path).iter_rows(named=True)}
+    rel = {p: p.relative_to(app.landing_dir).as_posix() for p in (clean, broken, ruled)}
+    assert set(q) == {(rel[broken], 2), (rel[ruled], 2), (rel[ruled], 4)}
+    assert q[(rel[ruled], 4)].startswith("latency_ms: -1 is below the minimum 0")
+    assert sorted(pl.read_parquet(result.raw_path)["request_id"]) == ["b1", "b3", "c1", "c2", "r1"]
