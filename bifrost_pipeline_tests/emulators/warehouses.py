@@ -57,10 +57,11 @@ def fakesnow_server(warehouse_logs):
 
 @pytest.fixture(scope="session")
 def bigquery_server(warehouse_logs, tmp_path_factory):
-    if not BIGQUERY_BIN.exists():
-        pytest.fail(
-            f"{BIGQUERY_BIN} is missing: run scripts/emulators/bigquery.sh (or scripts/install-emulators.sh)"
-        )
+    if not BIGQUERY_BIN.exists():  # install it (idempotent; about a minute, needs the package index)
+        script = ROOT / "scripts" / "emulators" / "bigquery.sh"
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+        if done.returncode != 0 or not BIGQUERY_BIN.exists():
+            pytest.fail(f"{script} failed; local-bigquery is missing:\n{done.stderr[-2000:]}")
     port, grpc_port = free_port(), free_port()
     data_dir = tmp_path_factory.mktemp("bigquery-data")
     server = start_server(
