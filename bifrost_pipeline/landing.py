@@ -7,6 +7,12 @@ temporary name (``.<segment>.ndjson.part``) and renamed when complete, so a read
 up to its last complete line.
 
 Standard library only: the proxy imports this module.
+
+The reading side (`days`, `list_segments`, `Segment.open`) also takes an fsspec URL as the root
+(``s3://bucket/landing``, ``gs://bucket/landing``, ``az://container/landing``, with the filesystem's
+``storage_options``): the same layout on an object store, where every object PUT is atomic, so a listing
+never sees half a segment. `upload_segments` ships the published segments of a local zone to such a root.
+fsspec (and s3fs / gcsfs / adlfs) are imported only when a URL root is used.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 SEGMENT_SUFFIX = ".ndjson"
 PART_SUFFIX = ".part"
@@ -27,14 +34,24 @@ _HOUR_DIR = re.compile(r"^hour=(\d{2})$")
 
 @dataclass(frozen=True)
 class Segment:
-    path: Path
+    path: Path  # on an fsspec root: the filesystem's path (``bucket/landing/date=.../...``)
     day: date
     hour: int
     size: int
     mtime: float
+    url: str | None = None  # set for a segment under an fsspec URL root (``s3://bucket/...``)
+    fs: Any = field(default=None, repr=False, compare=False)  # its fsspec filesystem
 
-    def relative_to(self, root: Path) -> str:
+    def relative_to(self, root: Path | str) -> str:
+        if self.url is not None:
+            return "/".join(PurePosixPath(self.path).parts[-3:])  # date=.../hour=.../<name>
         return self.path.relative_to(root).as_posix()
+
+    def open(self) -> IO[bytes]:
+        """The segment's bytes, as a binary file object (local file or object-store stream)."""
+        if self.fs is not None:
+            return self.fs.open(str(self.path), "rb")
+        return open(self.path, "rb")
 
 
 def hour_dir(root: Path, when: datetime) -> Path:
@@ -125,8 +142,98 @@ def recover(root: Path) -> list[Path]:
     return published
 
 
-def days(root: Path) -> list[date]:
+def is_url(root: Path | str) -> bool:
+    """True for an fsspec URL root (``s3://...``, ``gs://...``, ``az://...``), False for a local path."""
+    return isinstance(root, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", root) is not None
+
+
+def _remote(root: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(root, **dict(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+def _mtime(info: Mapping[str, Any]) -> float:
+    """Modification time (epoch seconds) from an fsspec info dict; each store names it differently."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        value = info.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+        if isinstance(value, str) and value:
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    return 0.0
+
+
+def _remote_days(root: str, storage_options: Mapping[str, Any] | None) -> list[date]:
+    fs, path = _remote(root, storage_options)
+    fs.invalidate_cache(path)  # fsspec caches listings; a sensor must see new days
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    out = set()
+    for entry in entries:
+        m = _DAY_DIR.match(PurePosixPath(entry["name"].rstrip("/")).name)
+        if m and entry.get("type") == "directory":
+            out.add(date.fromisoformat(m.group(1)))
+    return sorted(out)
+
+
+def _remote_segments(root: str, day: date, storage_options: Mapping[str, Any] | None) -> list[Segment]:
+    fs, path = _remote(root, storage_options)
+    day_path = f"{path}/date={day.isoformat()}"
+    fs.invalidate_cache(day_path)
+    try:
+        found = fs.find(day_path, detail=True)
+    except FileNotFoundError:
+        return []
+    protocol = root.split("://", 1)[0]  # the root's own scheme (adlfs would say abfs for az://)
+    out = []
+    for name, info in found.items():
+        rel = PurePosixPath(name).relative_to(day_path)
+        if len(rel.parts) != 2 or info.get("type") == "directory":
+            continue
+        m = _HOUR_DIR.match(rel.parts[0])
+        if not m or rel.name.startswith(".") or not rel.name.endswith(SEGMENT_SUFFIX):
+            continue
+        size = int(info.get("size") or 0)
+        out.append(
+            Segment(PurePosixPath(name), day, int(m.group(1)), size, _mtime(info), f"{protocol}://{name}", fs)
+        )
+    return sorted(out, key=lambda s: (s.hour, s.path.name))
+
+
+def upload_segments(
+    local_root: Path, root: str, storage_options: Mapping[str, Any] | None = None, *, remove: bool = True
+) -> list[str]:
+    """Ship every published segment of a local landing zone to an fsspec URL root, under the same
+    ``date=.../hour=.../<name>`` key (one PUT each: atomic on S3, GCS and Azure Blob); by default the local
+    copy is removed once uploaded. Returns the URLs written. (For a proxy writing to local disk on one
+    machine while the pipeline reads the object store from another.)"""
+    fs, path = _remote(root, storage_options)
+    protocol = root.split("://", 1)[0]  # the root's own scheme (adlfs would say abfs for az://)
+    written = []
+    for day in days(local_root):
+        for seg in list_segments(local_root, day):
+            target = f"{path}/{seg.relative_to(local_root)}"
+            fs.put_file(str(seg.path), target)
+            written.append(f"{protocol}://{target}")
+            if remove:
+                seg.path.unlink(missing_ok=True)
+    return written
+
+
+def days(root: Path | str, storage_options: Mapping[str, Any] | None = None) -> list[date]:
     """Every UTC day that has a directory in the landing zone."""
+    if is_url(root):
+        return _remote_days(root, storage_options)
     out = []
     root = Path(root)
     if not root.exists():
@@ -138,8 +245,10 @@ def days(root: Path) -> list[date]:
     return sorted(out)
 
 
-def list_segments(root: Path, day: date) -> list[Segment]:
+def list_segments(root: Path | str, day: date, storage_options: Mapping[str, Any] | None = None) -> list[Segment]:
     """Every complete segment of a UTC day, in a stable order (hour, then name)."""
+    if is_url(root):
+        return _remote_segments(root, day, storage_options)
     day_dir = Path(root) / f"date={day.isoformat()}"
     if not day_dir.is_dir():
         return []
