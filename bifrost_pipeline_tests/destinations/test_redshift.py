@@ -247,3 +247,52 @@ def test_errors_name_the_export_and_store_never_the_password(redshift_standin):
         make(redshift_standin, port=free_port(), timeout=3).write_partition(output)
     assert "cannot connect to 127.0.0.1" in str(err.value) and err.value.retryable
     assert redshift_standin.postgres.password not in str(err.value)
+
+
+def test_a_daily_redshift_export_materializes_through_dagster(redshift_standin, tmp_path, monkeypatch):
+    monkeypatch.setenv("REDSHIFT_USERNAME", redshift_standin.postgres.user)
+    monkeypatch.setenv("REDSHIFT_PASSWORD", redshift_standin.postgres.password)
+    entry = {
+        "name": "daily_redshift_export",
+        "schedule": "daily",
+        "destination": {
+            "type": "redshift",
+            "config": {  # the seed's keys, plus where the stand-in listens
+                "cluster": "bifrost-cluster",
+                "database": redshift_standin.database,
+                "schema": "public",
+                "table": "request_logs_e2e",
+                "region": "us-west-2",
+                "credentials": {"username": "${REDSHIFT_USERNAME}", "password": "${REDSHIFT_PASSWORD}"},
+                "host": "127.0.0.1",
+                "port": redshift_standin.port,
+                "ssl": False,
+            },
+        },
+        "data": {
+            "format": "json",
+            "include": ["request_logs"],
+            "transformations": [
+                {
+                    "type": "aggregate",
+                    "group_by": ["provider", "date"],
+                    "metrics": ["count", "p95_latency", "error_rate"],
+                }
+            ],
+        },
+    }
+    result = wd.materialize_daily(tmp_path, entry, monkeypatch)
+    tables = {r[0] for r in query(redshift_standin, "SELECT table_name FROM information_schema.tables")}
+    (table,) = [t for t in tables if t.startswith("request_logs_e2e")]
+    got = query(
+        redshift_standin,
+        f'SELECT provider, "date", "count", error_rate, export_partition FROM "{table}" ORDER BY 1',
+    )
+    records = wd.e2e_records()
+    expected = []
+    for provider in ("anthropic", "openai"):
+        mine = [r for r in records if r["provider"] == provider]
+        errors = sum(r["status"] == "error" for r in mine)
+        expected.append((provider, "2024-01-15", len(mine), errors / len(mine), "2024-01-15"))
+    assert [(g[0], str(g[1]), int(g[2]), float(g[3]), g[4]) for g in got] == expected
+    assert redshift_standin.postgres.password not in str(result.all_events)

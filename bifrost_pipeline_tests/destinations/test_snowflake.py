@@ -266,3 +266,34 @@ def test_a_file_staged_by_the_export_step_loads_as_is(snow, tmp_path):
         and types["REQUEST_ID"] == "TEXT"
     )
     assert query(snow, "SELECT COUNT(*), COUNT(metadata:team) FROM staged") == [(10, 7)]
+
+
+def test_a_daily_snowflake_export_materializes_through_dagster(snow, tmp_path, monkeypatch):
+    # The seed's Snowflake keys, plus where fakesnow listens; the password comes from the environment.
+    monkeypatch.setenv("SNOWFLAKE_USERNAME", "loader")
+    monkeypatch.setenv("SNOWFLAKE_PASSWORD", "env-secret-pw-314")
+    entry = {
+        "name": "daily_snowflake_export",
+        "schedule": {"frequency": "daily", "time": "02:00", "timezone": "UTC"},
+        "destination": {
+            "type": "snowflake",
+            "config": {
+                "account": "your-account.snowflakecomputing.com",
+                "database": DATABASE,
+                "schema": "PUBLIC",
+                "table": "request_logs_e2e",
+                "warehouse": "COMPUTE_WH",
+                "credentials": {"username": "${SNOWFLAKE_USERNAME}", "password": "${SNOWFLAKE_PASSWORD}"},
+                "host": "127.0.0.1",
+                "port": snow.port,
+                "protocol": "http",
+            },
+        },
+        "data": {"format": "parquet", "include": ["request_logs", "error_logs"]},
+    }
+    result = wd.materialize_daily(tmp_path, entry, monkeypatch)  # twice: the second replaces the first
+    got = query(snow, "SELECT export_partition, COUNT(*), SUM(cost_usd) FROM request_logs_e2e GROUP BY 1")
+    assert [(g[0], g[1], round(g[2], 6)) for g in got] == [("2024-01-15", 12, 0.078)]
+    assert query(snow, "SELECT COUNT(*) FROM request_logs_e2e_error_logs") == [(3,)]
+    assert query(snow, 'SELECT metadata:"x-tenant-id"::VARCHAR FROM request_logs_e2e LIMIT 1') == [("acme",)]
+    assert "env-secret-pw-314" not in str(result.all_events)

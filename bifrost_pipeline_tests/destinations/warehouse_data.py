@@ -226,3 +226,66 @@ def check_analyst_answers(results: dict[str, list[tuple]]) -> None:
     assert rates.keys() == expected_rates.keys()
     for provider, (n, rate) in expected_rates.items():
         assert rates[provider][0] == n and abs(rates[provider][1] - rate) < 1e-9, (provider, rates[provider])
+
+
+# --- end to end through Dagster ----------------------------------------------------------------------------
+
+
+def e2e_records() -> list[dict]:
+    """Twelve landed records on 2024-01-15 (helpers.record shape): 3 customers, 2 providers, 3 errors."""
+    from bifrost_pipeline_tests.helpers import record
+
+    out = []
+    for i in range(12):
+        error = i % 4 == 0
+        out.append(
+            record(
+                request_id=f"e2e_{i}",
+                timestamp=f"2024-01-15T{8 + i:02d}:15:00Z",
+                customer_id=f"cust_{i % 3}",
+                provider="openai" if i % 2 else "anthropic",
+                model="gpt-4o" if i % 2 else "claude-3-sonnet",
+                status="error" if error else "success",
+                status_code=500 if error else 200,
+                latency_ms=100 + 25 * i,
+                cost_usd=0.001 * (i + 1),
+                **({"error_type": "upstream_error"} if error else {}),
+            )
+        )
+    return out
+
+
+def materialize_daily(tmp_path: Path, entry: dict, monkeypatch, times: int = 2):
+    """Land e2e_records(), materialize raw_logs 2024-01-15, then the export's partition `times` times."""
+    import dagster as dg
+    import yaml
+
+    from bifrost_pipeline.config import load_config
+    from bifrost_pipeline.definitions import build_definitions
+    from bifrost_pipeline.defs.sensors import RAW_JOB
+    from bifrost_pipeline_tests.helpers import HASH_KEY, land
+
+    path = tmp_path / "bifrost_pipeline.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "log_exports": {"enabled": True, "exports": [entry]},
+                "landing": {"path": "landing"},
+                "pipeline": {"data_dir": "data", "start_date": "2024-01-01", "export_retries": 0},
+            }
+        )
+    )
+    monkeypatch.setenv("BIFROST_ANONYMIZE_KEY", HASH_KEY)
+    app = load_config(path)
+    land(app, e2e_records())
+    defs = build_definitions(app, str(path))
+    instance = dg.DagsterInstance.ephemeral()
+    assert (
+        defs.resolve_job_def(RAW_JOB)
+        .execute_in_process(partition_key="2024-01-15", instance=instance)
+        .success
+    )
+    job = defs.resolve_job_def(f"export_{entry['name']}_job")
+    results = [job.execute_in_process(partition_key="2024-01-15", instance=instance) for _ in range(times)]
+    assert all(r.success for r in results)
+    return results[-1]
