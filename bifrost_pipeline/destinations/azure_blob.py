@@ -93,7 +93,14 @@ class AzureBlobDestination(ObjectStoreDestination):
 
     def _account_from_client(self) -> str | None:
         client = self.__dict__.get("container")
-        return getattr(client, "account_name", None) if client is not None else None
+        if client is not None:
+            return getattr(client, "account_name", None)
+        if self.config.connection_string:  # AccountName=... is not a secret
+            for part in self.config.connection_string.get_secret_value().split(";"):
+                name, _, value = part.partition("=")
+                if name.strip().lower() == "accountname":
+                    return value.strip()
+        return None
 
     def endpoint(self) -> str | None:
         return self.config.account_url

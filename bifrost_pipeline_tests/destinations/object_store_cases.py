@@ -286,3 +286,18 @@ def expect_error(dest: Destination, out: PartitionOutput, *fragments: str, retry
         assert fragment in message, message
     assert caught.value.retryable is retryable, message
     return message
+
+
+def check_upload_streams(dest: Destination, tmp_path: Path, size_mb: int, limit_mb: int) -> None:
+    """Publishing a `size_mb` file allocates at most `limit_mb` in Python at any time: it is read from disk
+    part by part, never whole."""
+    import tracemalloc
+
+    out = big_file_output(tmp_path, size_mb * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        dest.write_partition(out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < limit_mb * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB for a {size_mb} MiB file"

@@ -79,6 +79,7 @@ def test_connection_string_and_sas_token_work(store, azurite, tmp_path):
 
     container = store.new_bucket()
     by_string = make(container, connection_string=azurite.connection_string, prefix="cs/")
+    assert by_string.describe() == f"az://{AZURITE_ACCOUNT}/{container}/cs/"  # no key in it
     assert by_string.write_partition(cases.output(tmp_path / "a")).location == f"az://{AZURITE_ACCOUNT}/{container}/cs/"
     sas = generate_container_sas(
         AZURITE_ACCOUNT, container, account_key=AZURITE_KEY,
@@ -172,3 +173,8 @@ def test_config_errors(config, expected):
 def test_the_docs_example_loads():
     cfg = cases.check_doc_example("azure_blob", {"AZURE_ACCOUNT_NAME": "bifrostlogs", "AZURE_ACCOUNT_KEY": "a2V5"})
     assert cfg.account_name == "bifrostlogs" and cfg.container == "bifrost-logs"
+
+
+def test_a_large_file_is_never_held_whole_in_memory(store, tmp_path):
+    dest = store.make(store.new_bucket(), prefix="mem/", max_single_put_mb=4, max_block_size_mb=4, max_concurrency=2)
+    cases.check_upload_streams(dest, tmp_path, size_mb=48, limit_mb=24)

@@ -207,3 +207,8 @@ def test_seed_keys_load_unchanged_and_secrets_stay_hidden(tmp_path):
 def test_the_docs_example_loads():
     cfg = cases.check_doc_example("gcs", {"GCP_SERVICE_ACCOUNT_KEY": "/etc/bifrost/gcs-key.json"})
     assert cfg.credentials.service_account_key.get_secret_value() == "/etc/bifrost/gcs-key.json"
+
+
+def test_a_large_file_is_never_held_whole_in_memory(store, tmp_path):
+    dest = store.make(store.new_bucket(), prefix="mem/", chunk_size_mb=4)
+    cases.check_upload_streams(dest, tmp_path, size_mb=48, limit_mb=24)

@@ -326,3 +326,8 @@ def test_the_seed_daily_s3_export_materializes_into_s3(moto_s3, tmp_path, monkey
 def test_the_docs_example_loads():
     cfg = cases.check_doc_example("s3", {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "doc-secret"})
     assert cfg.sse == "aws:kms" and cfg.kms_key_id == "alias/bifrost-exports"
+
+
+def test_a_large_file_is_never_held_whole_in_memory(store, tmp_path):
+    dest = store.make(store.new_bucket(), prefix="mem/", multipart_threshold_mb=5, multipart_chunk_mb=5, max_concurrency=2)
+    cases.check_upload_streams(dest, tmp_path, size_mb=48, limit_mb=24)
