@@ -230,6 +230,29 @@ def upload_segments(
     return written
 
 
+def mirror_day(
+    root: str, day: date, local_root: Path, storage_options: Mapping[str, Any] | None = None
+) -> list[Segment]:
+    """Copy a UTC day's segments from an fsspec URL root into a local landing zone (same layout, same
+    modification times; a segment already there with the same size is not fetched again) and return the
+    local day's segments: the local validation then reads an object-store landing zone unchanged."""
+    local_root = Path(local_root)
+    for seg in _remote_segments(root, day, storage_options):
+        target = local_root / seg.relative_to(root)
+        if target.exists() and target.stat().st_size == seg.size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
+        try:
+            seg.fs.get_file(str(seg.path), str(tmp))
+            if seg.mtime:
+                os.utime(tmp, (seg.mtime, seg.mtime))
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return list_segments(local_root, day)
+
+
 def days(root: Path | str, storage_options: Mapping[str, Any] | None = None) -> list[date]:
     """Every UTC day that has a directory in the landing zone."""
     if is_url(root):

@@ -82,6 +82,19 @@ def test_segments_listed_and_read_like_on_local_disk(zone, tmp_path):
     assert [s.hour for s in landing.list_segments(root, DAY, opts)] == [2, 13, 23]
     assert landing.list_segments(root, date(2024, 1, 17), opts) == []
 
+    # Mirrored into a local zone, the day reads as any local day (same names, sizes, times).
+    mirror = tmp_path / "mirror"
+    remote = landing.list_segments(root, DAY, opts)
+    mirrored = landing.mirror_day(root, DAY, mirror, opts)
+    assert [(s.relative_to(mirror), s.size, round(s.mtime)) for s in mirrored] == [
+        (s.relative_to(root), s.size, round(s.mtime)) for s in remote
+    ]
+    assert mirrored[1].path.read_bytes() == b'{"a": 1}\n{"a": 2}\n'
+    assert not list(mirror.rglob(".*"))  # no temporary file left behind
+    inodes = [s.path.stat().st_ino for s in mirrored]
+    assert landing.mirror_day(root, DAY, mirror, opts) == mirrored
+    assert [s.path.stat().st_ino for s in mirrored] == inodes  # nothing fetched twice
+
 
 def test_local_roots_keep_their_behaviour(tmp_path):
     path = landing.write_segment(tmp_path, [b'{"a": 1}'], datetime(2024, 1, 15, 1, tzinfo=UTC))
