@@ -140,7 +140,7 @@ def test_a_million_rows_load_in_seconds(postgres_server, pg_db, million_file):
     elapsed = time.perf_counter() - started
     assert count(postgres_server, pg_db, "big") == 1_000_000
     print(f"sql/postgres: 1,000,000 rows in {elapsed:.1f}s")
-    assert elapsed < 30
+    assert elapsed < 60  # row-by-row inserts would take many minutes; loaded CI machines vary
 
 
 def test_errors_name_the_export_and_store_never_the_password(postgres_server, pg_db):
