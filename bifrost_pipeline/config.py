@@ -571,8 +571,13 @@ def _validate_export(raw: Any, path: tuple, env: Mapping[str, str]) -> tuple[Exp
     return export.model_copy(update={"data": data, "destination": destination}), []
 
 
-def parse_config(raw: Any, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> AppConfig:
-    """Check a decoded config document and return typed objects, or raise ConfigError listing every problem."""
+def parse_config(
+    raw: Any, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None, with_exports: bool = True
+) -> AppConfig:
+    """Check a decoded config document and return typed objects, or raise ConfigError listing every problem.
+
+    with_exports=False skips `log_exports` (the proxy needs none of the exports' credentials).
+    """
     env = os.environ if env is None else env
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected an object with log_exports, client, providers, ..."])
@@ -596,7 +601,7 @@ def parse_config(raw: Any, *, env: Mapping[str, str] | None = None, base_dir: Pa
         app = None
 
     exports: list[ExportConfig] = []
-    if app is None or app.log_exports.enabled:
+    if with_exports and (app is None or app.log_exports.enabled):
         names: dict[str, int] = {}
         for i, entry in enumerate(exports_raw):
             path = ("log_exports", "exports", i)
@@ -643,13 +648,15 @@ def config_path(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
 
 
-def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None) -> AppConfig:
+def load_config(
+    path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None, with_exports: bool = True
+) -> AppConfig:
     """Load the config file (``path``, else $BIFROST_PIPELINE_CONFIG, else ./bifrost_pipeline.yaml)."""
     p = config_path(path)
     if not p.exists():
         raise ConfigError([f"no such file (set {CONFIG_ENV} or pass a path)"], str(p))
     raw = decode(p.read_text(), str(p))
     try:
-        return parse_config(raw, env=env, base_dir=p.resolve().parent)
+        return parse_config(raw, env=env, base_dir=p.resolve().parent, with_exports=with_exports)
     except ConfigError as err:
         raise ConfigError(err.problems, str(p)) from None

@@ -166,3 +166,13 @@ def test_relative_paths_resolve_from_the_config_file(tmp_path):
     app = load_config(cfg, env={})
     assert app.landing_dir == cfg.parent / "land"
     assert app.raw_dir == cfg.parent / "d" / "raw_logs"
+
+
+def test_the_proxy_loads_the_file_without_the_exports_variables(tmp_path):
+    cfg = tmp_path / "c.json"
+    entry = one_export(destination={"type": "local", "config": {"path": "${WAREHOUSE_ONLY_SECRET}"}})
+    cfg.write_text(json.dumps({**entry, "landing": {"path": "land"}}))
+    with pytest.raises(ConfigError):
+        load_config(cfg, env={})
+    app = load_config(cfg, env={}, with_exports=False)
+    assert app.exports == [] and app.landing_dir == tmp_path / "land"

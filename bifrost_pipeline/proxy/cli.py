@@ -36,7 +36,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     from .server import serve
 
     try:
-        app = load_config(args.config)
+        app = load_config(args.config, with_exports=False)  # the proxy needs no export credentials
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
