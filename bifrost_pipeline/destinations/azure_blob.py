@@ -42,6 +42,9 @@ class AzureBlobConfig(PrefixedConfig):
     max_block_size_mb: int = Field(8, ge=1, le=4000)
     max_single_put_mb: int = Field(64, ge=1, le=5000)
     max_attempts: int = Field(4, ge=1, le=20)
+    # The SDK's exponential backoff: wait retry_backoff_s + retry_backoff_base ** n before retry n (n >= 1).
+    retry_backoff_s: float = Field(15, ge=0)
+    retry_backoff_base: float = Field(3, ge=1)
     connection_timeout: float = Field(20, gt=0)
     read_timeout: float = Field(60, gt=0)
 
@@ -118,11 +121,18 @@ class AzureBlobDestination(ObjectStoreDestination):
         return out
 
     def _client_options(self) -> dict:
+        from azure.storage.blob import ExponentialRetry
+
         cfg = self.config
         return {
             "max_block_size": cfg.max_block_size_mb * MB,
             "max_single_put_size": cfg.max_single_put_mb * MB,
-            "retry_total": cfg.max_attempts - 1,
+            "retry_policy": ExponentialRetry(
+                initial_backoff=cfg.retry_backoff_s,
+                increment_base=cfg.retry_backoff_base,
+                retry_total=cfg.max_attempts - 1,
+                random_jitter_range=min(3, cfg.retry_backoff_s),
+            ),
             "connection_timeout": cfg.connection_timeout,
             "read_timeout": cfg.read_timeout,
         }

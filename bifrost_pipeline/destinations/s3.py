@@ -127,7 +127,8 @@ class S3Destination(ObjectStoreDestination):
                 "s3",
                 endpoint_url=cfg.endpoint_url,
                 config=Config(
-                    retries={"mode": "standard", "max_attempts": cfg.max_attempts},
+                    # total_max_attempts counts the first try (botocore's max_attempts counts only retries)
+                    retries={"mode": "standard", "total_max_attempts": cfg.max_attempts},
                     connect_timeout=cfg.connect_timeout,
                     read_timeout=cfg.read_timeout,
                     s3={"addressing_style": "path" if cfg.path_style else "auto"},

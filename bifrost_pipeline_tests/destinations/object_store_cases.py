@@ -301,3 +301,4 @@ def check_upload_streams(dest: Destination, tmp_path: Path, size_mb: int, limit_
     finally:
         tracemalloc.stop()
     assert peak < limit_mb * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB for a {size_mb} MiB file"
+

@@ -178,3 +178,11 @@ def test_the_docs_example_loads():
 def test_a_large_file_is_never_held_whole_in_memory(store, tmp_path):
     dest = store.make(store.new_bucket(), prefix="mem/", max_single_put_mb=4, max_block_size_mb=4, max_concurrency=2)
     cases.check_upload_streams(dest, tmp_path, size_mb=48, limit_mb=24)
+
+
+def test_a_failing_store_is_retried_with_backoff_then_flagged_retryable(busy_store, tmp_path):
+    url = f"{busy_store.url}/{AZURITE_ACCOUNT}"
+    dest = make("ccc", account_name=AZURITE_ACCOUNT, account_key=AZURITE_KEY, endpoint=url, max_attempts=3,
+                retry_backoff_s=0.2, retry_backoff_base=1)
+    cases.expect_error(dest, cases.output(tmp_path), "the store failed (503)", retryable=True)
+    assert busy_store.requests == 3

@@ -331,3 +331,9 @@ def test_the_docs_example_loads():
 def test_a_large_file_is_never_held_whole_in_memory(store, tmp_path):
     dest = store.make(store.new_bucket(), prefix="mem/", multipart_threshold_mb=5, multipart_chunk_mb=5, max_concurrency=2)
     cases.check_upload_streams(dest, tmp_path, size_mb=48, limit_mb=24)
+
+
+def test_a_failing_store_is_retried_with_backoff_then_flagged_retryable(busy_store, tmp_path):
+    dest = make(busy_store.url, "b", max_attempts=3)
+    cases.expect_error(dest, cases.output(tmp_path), "the store failed after 3 attempt(s)", retryable=True)
+    assert busy_store.requests == 3
