@@ -16,32 +16,25 @@ from bifrost_pipeline.destinations.base import (
     WriteResult,
     table_for,
 )
+from bifrost_pipeline.destinations.warehouse import Column, columns_of
 
-# Arrow type string (as pyarrow prints it) -> DuckDB column type.
 _TYPES = {
     "string": "VARCHAR",
-    "large_string": "VARCHAR",
-    "int8": "TINYINT",
-    "int16": "SMALLINT",
     "int32": "INTEGER",
     "int64": "BIGINT",
-    "uint32": "UINTEGER",
-    "uint64": "UBIGINT",
     "double": "DOUBLE",
-    "float": "FLOAT",
     "bool": "BOOLEAN",
-    "date32[day]": "DATE",
+    "date": "DATE",
+    "timestamptz": "TIMESTAMPTZ",
+    "timestamp": "TIMESTAMP",
+    "json": "JSON",
 }
 
 
-def duckdb_type(arrow_type: str, json_column: bool = False) -> str:
-    if json_column:
-        return "JSON"
-    if arrow_type.startswith("timestamp["):
-        return "TIMESTAMPTZ" if "tz=" in arrow_type else "TIMESTAMP"
-    if arrow_type.startswith("decimal"):
-        return arrow_type.replace("decimal128", "DECIMAL").replace("decimal", "DECIMAL")
-    return _TYPES.get(arrow_type, "VARCHAR")
+def duckdb_type(column: Column) -> str:
+    if column.kind == "decimal":
+        return f"DECIMAL({column.precision}, {column.scale})"
+    return _TYPES[column.kind]
 
 
 def quote(name: str) -> str:
@@ -106,7 +99,7 @@ class DuckDBDestination(Destination):
 
     def _load(self, con, table: str, f: DatasetFile, partition_key: str) -> None:
         qualified = f"{quote(self.config.schema_name)}.{quote(table)}"
-        wanted = [(n, duckdb_type(t, n in f.json_columns)) for n, t in f.columns]
+        wanted = [(c.name, duckdb_type(c)) for c in columns_of(f)]
         con.execute(
             f"CREATE TABLE IF NOT EXISTS {qualified} ("
             + ", ".join(f"{quote(n)} {t}" for n, t in wanted)

@@ -24,9 +24,10 @@ METRIC_SQL = {
     "p50_latency": "quantile_cont(latency_ms, 0.50)",
     "p95_latency": "quantile_cont(latency_ms, 0.95)",
     "p99_latency": "quantile_cont(latency_ms, 0.99)",
-    "total_tokens": "sum(coalesce(total_tokens, coalesce(input_tokens, 0) + coalesce(output_tokens, 0)))",
-    "input_tokens": "sum(input_tokens)",
-    "output_tokens": "sum(output_tokens)",
+    # DuckDB sums integers into HUGEINT (a decimal(38, 0) in Parquet): BIGINT is what every store reads.
+    "total_tokens": "sum(coalesce(total_tokens, coalesce(input_tokens, 0) + coalesce(output_tokens, 0)))::BIGINT",
+    "input_tokens": "sum(input_tokens)::BIGINT",
+    "output_tokens": "sum(output_tokens)::BIGINT",
     "total_cost": "sum(cost_usd)",
     "error_rate": "count(*) FILTER (WHERE status = 'error') / count(*)::DOUBLE",
 }
