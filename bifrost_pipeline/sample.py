@@ -15,24 +15,26 @@ from pathlib import Path
 import orjson
 
 from bifrost_pipeline import landing
+from bifrost_pipeline.proxy.pricing import Pricing
 from bifrost_pipeline.records import SCHEMA_VERSION
 
-# provider, model, request type, endpoint, median latency ms, USD per 1M input / output tokens
+# provider, model, request type, endpoint, median latency ms (prices come from the proxy's pricing table;
+# a model without a price gets a null cost, as the proxy records it)
 MODELS = [
-    ("openai", "gpt-4o", "chat", "/v1/chat/completions", 1400, 2.50, 10.00),
-    ("openai", "gpt-4o-mini", "chat", "/v1/chat/completions", 700, 0.15, 0.60),
-    ("openai", "gpt-4.1", "responses", "/v1/responses", 1600, 2.00, 8.00),
-    ("openai", "gpt-3.5-turbo-instruct", "text_completion", "/v1/completions", 500, 1.50, 2.00),
-    ("openai", "text-embedding-3-small", "embeddings", "/v1/embeddings", 120, 0.02, 0.0),
-    ("openai", "tts-1", "speech", "/v1/audio/speech", 900, 15.0, 0.0),
-    ("openai", "whisper-1", "transcription", "/v1/audio/transcriptions", 2200, 6.0, 0.0),
-    ("openai", "gpt-image-1", "image", "/v1/images/generations", 8000, 5.0, 40.0),
-    ("anthropic", "claude-3-5-sonnet", "chat", "/v1/chat/completions", 1800, 3.00, 15.00),
-    ("anthropic", "claude-3-haiku", "chat", "/v1/chat/completions", 600, 0.25, 1.25),
-    ("azure", "gpt-4o", "chat", "/v1/chat/completions", 1500, 2.50, 10.00),
-    ("mistral", "mistral-large", "chat", "/v1/chat/completions", 1100, 2.00, 6.00),
-    ("gemini", "gemini-1.5-pro", "chat", "/v1/chat/completions", 1300, 1.25, 5.00),
-    ("openai", "sora-2", "video", "/v1/videos", 45000, 0.0, 100.0),
+    ("openai", "gpt-4o", "chat", "/v1/chat/completions", 1400),
+    ("openai", "gpt-4o-mini", "chat", "/v1/chat/completions", 700),
+    ("openai", "gpt-4.1", "responses", "/v1/responses", 1600),
+    ("openai", "gpt-3.5-turbo-instruct", "text_completion", "/v1/completions", 500),
+    ("openai", "text-embedding-3-small", "embeddings", "/v1/embeddings", 120),
+    ("openai", "tts-1", "speech", "/v1/audio/speech", 900),
+    ("openai", "whisper-1", "transcription", "/v1/audio/transcriptions", 2200),
+    ("openai", "gpt-image-1", "image", "/v1/images/generations", 8000),
+    ("anthropic", "claude-3-5-sonnet", "chat", "/v1/chat/completions", 1800),
+    ("anthropic", "claude-3-haiku", "chat", "/v1/chat/completions", 600),
+    ("azure", "gpt-4o", "chat", "/v1/chat/completions", 1500),
+    ("mistral", "mistral-large", "chat", "/v1/chat/completions", 1100),
+    ("gemini", "gemini-1.5-pro", "chat", "/v1/chat/completions", 1300),
+    ("openai", "sora-2", "video", "/v1/videos", 45000),
 ]
 MODEL_WEIGHTS = [14, 30, 6, 2, 12, 2, 2, 1, 10, 8, 6, 3, 3, 0.5]
 ERRORS = [
@@ -72,13 +74,14 @@ def _iso(ts: datetime) -> str:
 def generate_day(day: date, n: int, seed: int = 7, *, content: bool = True) -> Iterator[dict]:
     """`n` records with timestamps spread over the UTC day, in time order."""
     rng = random.Random(f"{seed}:{day.isoformat()}")
+    pricing = Pricing()
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     customers = [f"cust_{i:03d}" for i in range(1, 41)]
     customer_weights = [1 / (i + 1) ** 0.8 for i in range(len(customers))]
     teams = ["team_search", "team_support", "team_growth", "team_platform"]
     offsets = sorted(rng.random() * 86_400 for _ in range(n))
     for i, off in enumerate(offsets):
-        provider, model, rtype, endpoint, median, p_in, p_out = rng.choices(MODELS, MODEL_WEIGHTS)[0]
+        provider, model, rtype, endpoint, median = rng.choices(MODELS, MODEL_WEIGHTS)[0]
         ts = start + timedelta(seconds=off)
         latency = max(5, int(rng.lognormvariate(math.log(median), 0.45)))
         is_error = rng.random() < 0.04
@@ -123,7 +126,7 @@ def generate_day(day: date, n: int, seed: int = 7, *, content: bool = True) -> I
             "total_tokens": in_tokens + out_tokens,
             "cached_tokens": cached,
             "reasoning_tokens": reasoning,
-            "cost_usd": round((in_tokens * p_in + out_tokens * p_out) / 1_000_000, 8),
+            "cost_usd": pricing.cost(provider, model, in_tokens, out_tokens),
             "metadata": {
                 "x-tenant-id": customer.replace("cust_", "tenant-"),
                 "env": rng.choices(["production", "staging"], [9, 1])[0],
@@ -140,7 +143,7 @@ def generate_day(day: date, n: int, seed: int = 7, *, content: bool = True) -> I
                 error_message=message,
                 output_tokens=0,
                 total_tokens=in_tokens,
-                cost_usd=0.0,
+                cost_usd=0.0 if record["cost_usd"] is not None else None,
             )
         else:
             record["finish_reason"] = rng.choices(["stop", "length", "tool_calls"], [90, 6, 4])[0] if rtype in (
@@ -172,7 +175,7 @@ def generate_day(day: date, n: int, seed: int = 7, *, content: bool = True) -> I
                 fallback_index=1,
                 output_tokens=out_tokens,
                 total_tokens=in_tokens + out_tokens,
-                cost_usd=round((in_tokens * p_in + out_tokens * p_out) / 1_000_000, 8),
+                cost_usd=pricing.cost(provider, model, in_tokens, out_tokens),
             )
             yield retry
 
