@@ -302,3 +302,34 @@ def check_upload_streams(dest: Destination, tmp_path: Path, size_mb: int, limit_
         tracemalloc.stop()
     assert peak < limit_mb * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB for a {size_mb} MiB file"
 
+
+
+def check_run_export(store: Store, tmp_path: Path, destination: dict) -> None:
+    """The pipeline core's run_export, configured with `destination`, publishes into the store."""
+    from bifrost_pipeline import validation
+    from bifrost_pipeline.exports import run_export
+    from bifrost_pipeline_tests.helpers import DAY as RAW_DAY
+    from bifrost_pipeline_tests.helpers import land, record, utc
+
+    bucket = destination["config"].get("bucket") or destination["config"].get("container")
+    entry = {
+        "name": "core_export",
+        "schedule": {"frequency": "daily", "time": "02:00", "timezone": "UTC"},
+        "destination": destination,
+        "data": {"format": "csv", "compression": "gzip", "include": ["request_logs", "error_logs"]},
+    }
+    app = make_app(tmp_path, [entry])
+    rows = [record(request_id=f"r{i}", timestamp=f"2024-01-15T{i:02d}:30:00Z", status_code=500 if i == 3 else 200,
+                   status="error" if i == 3 else "success") for i in range(6)]
+    land(app, rows, when=utc(2024, 1, 15, 0))
+    validation.validate_day(app, RAW_DAY)
+    run = run_export(app, app.exports[0], "2024-01-15")
+    prefix = "core/2024/01/15/"
+    landed = store.objects(bucket, prefix)
+    assert set(landed) == {prefix + n for n in ("request_logs.csv.gz", "error_logs.csv.gz", "_manifest.json")}
+    assert run.written.location == store.uri(bucket) + "/" + prefix
+    back = read_back(landed[prefix + "request_logs.csv.gz"], "csv", "gzip")
+    assert sorted(back["request_id"].to_list()) == [f"r{i}" for i in range(6)]
+    assert read_back(landed[prefix + "error_logs.csv.gz"], "csv", "gzip")["request_id"].to_list() == ["r3"]
+    manifest = json.loads(landed[prefix + "_manifest.json"])
+    assert [(f["name"], f["rows"]) for f in manifest["files"]] == [("request_logs.csv.gz", 6), ("error_logs.csv.gz", 1)]

@@ -186,3 +186,12 @@ def test_a_failing_store_is_retried_with_backoff_then_flagged_retryable(busy_sto
                 retry_backoff_s=0.2, retry_backoff_base=1)
     cases.expect_error(dest, cases.output(tmp_path), "the store failed (503)", retryable=True)
     assert busy_store.requests == 3
+
+
+def test_run_export_publishes_through_the_core(store, azurite, tmp_path):
+    container = store.new_bucket()
+    destination = {"type": "azure_blob", "config": {
+        "container": container, "account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY,
+        "endpoint": azurite.account_url, "prefix": "core/{year}/{month}/{day}/",
+    }}
+    cases.check_run_export(store, tmp_path, destination)

@@ -218,3 +218,9 @@ def test_a_failing_store_is_retried_with_backoff_then_flagged_retryable(busy_sto
     dest = make(busy_store.url, "b", retry_deadline=2)
     cases.expect_error(dest, cases.output(tmp_path), "still failing after 2s of retries", retryable=True)
     assert busy_store.requests >= 2
+
+
+def test_run_export_publishes_through_the_core(store, gcs_emulator, tmp_path):
+    bucket = store.new_bucket()
+    destination = {"type": "gcs", "config": {"bucket": bucket, "endpoint_url": gcs_emulator.url, "prefix": "core/{year}/{month}/{day}/"}}
+    cases.check_run_export(store, tmp_path, destination)

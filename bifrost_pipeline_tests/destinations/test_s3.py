@@ -337,3 +337,12 @@ def test_a_failing_store_is_retried_with_backoff_then_flagged_retryable(busy_sto
     dest = make(busy_store.url, "b", max_attempts=3)
     cases.expect_error(dest, cases.output(tmp_path), "the store failed after 3 attempt(s)", retryable=True)
     assert busy_store.requests == 3
+
+
+def test_run_export_publishes_through_the_core(store, moto_s3, tmp_path):
+    bucket = store.new_bucket()
+    destination = {"type": "s3", "config": {
+        "bucket": bucket, "region": MOTO_REGION, "endpoint_url": moto_s3.url, "prefix": "core/{year}/{month}/{day}/",
+        "credentials": {"access_key_id": MOTO_KEY, "secret_access_key": MOTO_KEY},
+    }}
+    cases.check_run_export(store, tmp_path, destination)
