@@ -346,3 +346,14 @@ def test_run_export_publishes_through_the_core(store, moto_s3, tmp_path):
         "credentials": {"access_key_id": MOTO_KEY, "secret_access_key": MOTO_KEY},
     }}
     cases.check_run_export(store, tmp_path, destination)
+
+
+def test_a_denied_upload_is_named_and_nothing_is_published(moto_s3_auth, tmp_path):
+    """Read and list allowed, write denied: the first upload fails (through the transfer manager) and no
+    manifest is written."""
+    key, secret = moto_s3_auth.reader
+    dest = make(moto_s3_auth.server.url, moto_s3_auth.bucket, key=key, secret=secret, prefix="ro/")
+    message = cases.expect_error(dest, cases.output(tmp_path), "uploading ro/request_logs.parquet: access denied")
+    assert secret not in message
+    good = raw_client(moto_s3_auth.server.url, *moto_s3_auth.good)
+    assert "Contents" not in good.list_objects_v2(Bucket=moto_s3_auth.bucket, Prefix="ro/")

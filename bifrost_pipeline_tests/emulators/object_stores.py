@@ -66,6 +66,7 @@ class AuthMoto:
     bucket: str
     good: tuple[str, str]  # an access key pair with s3:* on the bucket
     denied: tuple[str, str]  # a valid access key pair without any permission
+    reader: tuple[str, str]  # may read and list, not write
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +74,7 @@ def moto_s3_auth(object_store_logs):
     """moto with IAM authentication on after the first N requests, which create two users and a bucket."""
     import boto3
 
-    setup_calls = 6  # exactly the calls below: every later request is authenticated
+    setup_calls = 9  # exactly the calls below: every later request is authenticated
     server = _moto("moto-s3-auth", object_store_logs, env={"INITIAL_NO_AUTH_ACTION_COUNT": str(setup_calls)})
     kw = dict(endpoint_url=server.url, region_name=MOTO_REGION, aws_access_key_id=MOTO_KEY,
               aws_secret_access_key=MOTO_KEY)
@@ -89,11 +90,20 @@ def moto_s3_auth(object_store_logs):
     good = iam.create_access_key(UserName="writer")["AccessKey"]  # 4
     iam.create_user(UserName="nobody")  # 5
     denied = iam.create_access_key(UserName="nobody")["AccessKey"]  # 6
+    iam.create_user(UserName="reader")  # 7
+    iam.put_user_policy(  # 8
+        UserName="reader",
+        PolicyName="read",
+        PolicyDocument='{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
+        '"Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}',
+    )
+    reader = iam.create_access_key(UserName="reader")["AccessKey"]  # 9
     yield AuthMoto(
         server,
         bucket,
         (good["AccessKeyId"], good["SecretAccessKey"]),
         (denied["AccessKeyId"], denied["SecretAccessKey"]),
+        (reader["AccessKeyId"], reader["SecretAccessKey"]),
     )
     server.stop()
 
