@@ -21,7 +21,7 @@ def _validate_config(args: argparse.Namespace) -> int:
     from bifrost_pipeline.exports import make_destination
 
     print(f"{path}: OK")
-    print(f"  landing zone: {app.landing_dir}")
+    print(f"  landing zone: {app.landing_root}" + (f" (local side: {app.landing_dir})" if app.landing_is_remote else ""))
     print(f"  raw_logs:     daily UTC partitions from {app.pipeline.start_date}, {app.raw_dir}")
     if not app.exports:
         print("  no enabled exports")
@@ -74,6 +74,29 @@ def _backfill(args: argparse.Namespace) -> int:
     return 0 if backfill(app, path, days) else 1
 
 
+def _upload_landing(args: argparse.Namespace) -> int:
+    import time
+
+    from bifrost_pipeline import landing
+    from bifrost_pipeline.config import ConfigError, load_config
+
+    try:
+        app = load_config(args.config, with_exports=False)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    if not app.landing_is_remote:
+        print(f"landing.path is the local directory {app.landing_root}: nothing to upload", file=sys.stderr)
+        return 2
+    while True:
+        landing.recover_dead_writers(app.landing_dir)
+        sent = landing.upload_segments(app.landing_dir, str(app.landing_root), app.landing.storage_options)
+        print(f"uploaded {len(sent)} segment(s) from {app.landing_dir} to {app.landing_root}", flush=True)
+        if not args.every:
+            return 0
+        time.sleep(args.every)
+
+
 def _schema(args: argparse.Namespace) -> int:
     from bifrost_pipeline import records
 
@@ -102,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", dest="end", required=True, help="last UTC day, YYYY-MM-DD")
     p.add_argument("--config", help="config file (default: $BIFROST_PIPELINE_CONFIG or ./bifrost_pipeline.yaml)")
     p.set_defaults(func=_backfill)
+
+    p = sub.add_parser(
+        "upload-landing", help="ship the published segments of the local landing directory to a remote landing.path"
+    )
+    p.add_argument("--config", help="config file (default: $BIFROST_PIPELINE_CONFIG or ./bifrost_pipeline.yaml)")
+    p.add_argument("--every", type=float, default=0, help="repeat every N seconds (default: once)")
+    p.set_defaults(func=_upload_landing)
 
     p = sub.add_parser("schema", help="print the Parquet schema of the log record (derived from schemas/)")
     p.set_defaults(func=_schema)

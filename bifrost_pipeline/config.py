@@ -379,7 +379,14 @@ class ProxyConfig(Strict):
 
 
 class LandingConfig(Strict):
+    # A local directory, or an fsspec URL (s3://bucket/landing, gs://..., az://container/...) when the
+    # proxy and the pipeline run on different machines.
     path: str = ".bifrost/landing"
+    # For a URL: fsspec options of that store (credentials as ${VAR}), e.g. {endpoint_url: ..., key: ...}.
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    # For a URL: the local directory the proxy writes to before `bifrost-pipeline upload-landing` ships its
+    # segments, and where the pipeline mirrors a day before validating it. Default <data_dir>/landing_local.
+    local_path: str | None = None
 
 
 class PipelineConfig(Strict):
@@ -420,8 +427,20 @@ class AppConfig(Strict):
         return self.resolve(self.pipeline.data_dir)
 
     @property
+    def landing_is_remote(self) -> bool:
+        return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", self.landing.path) is not None
+
+    @property
+    def landing_root(self) -> str | Path:
+        """Where segments land: a local Path, or the fsspec URL of an object-store landing zone."""
+        return self.landing.path.rstrip("/") if self.landing_is_remote else self.resolve(self.landing.path)
+
+    @property
     def landing_dir(self) -> Path:
-        return self.resolve(self.landing.path)
+        """The local landing directory: the landing zone itself, or the local side of a remote one."""
+        if not self.landing_is_remote:
+            return self.resolve(self.landing.path)
+        return self.resolve(self.landing.local_path) if self.landing.local_path else self.data_dir / "landing_local"
 
     @property
     def raw_dir(self) -> Path:
@@ -601,8 +620,8 @@ def parse_config(
         app = None
 
     exports: list[ExportConfig] = []
+    names: dict[str, int] = {}
     if with_exports and (app is None or app.log_exports.enabled):
-        names: dict[str, int] = {}
         for i, entry in enumerate(exports_raw):
             path = ("log_exports", "exports", i)
             export, errs = _validate_export(entry, path, env)
@@ -619,12 +638,37 @@ def parse_config(
     if problems:
         raise ConfigError(problems)
     assert app is not None
-    return app.model_copy(
+    app = app.model_copy(
         update={
             "log_exports": app.log_exports.model_copy(update={"exports": exports}),
             "base_dir": (base_dir or Path.cwd()).resolve(),
         }
     )
+    problems = _shared_locations(app, names)
+    if problems:
+        raise ConfigError(problems)
+    return app
+
+
+def _shared_locations(app: AppConfig, index: dict[str, int]) -> list[str]:
+    """Two exports that would write the same files or table would overwrite each other's partitions."""
+    from bifrost_pipeline.destinations import destination_class
+
+    seen: dict[str, str] = {}
+    problems = []
+    for export in app.exports:
+        key = destination_class(export.destination.type).location_key(export.destination.config, app)
+        if key is None:
+            continue
+        key = key.replace("{export}", export.name)
+        if key in seen:
+            problems.append(
+                f"log_exports.exports[{index[export.name]}].destination: writes where exports[{index[seen[key]]}] "
+                f"({seen[key]!r}) writes; give each export its own prefix (e.g. with {{export}}) or table"
+            )
+        else:
+            seen[key] = export.name
+    return problems
 
 
 def decode(text: str, source: str) -> Any:

@@ -434,6 +434,9 @@ def validate_day(app: AppConfig, day: date, *, block_bytes: int = BLOCK_BYTES) -
     """Validate every complete landed segment of a UTC day into raw_logs and the quarantine."""
     result = DayResult(day=day)
     root = app.landing_dir
+    if app.landing_is_remote:
+        # an object-store landing zone: copy the day's segments (new ones only) next to us, then as usual
+        landing.mirror_day(str(app.landing_root), day, root, app.landing.storage_options)
     segments = landing.list_segments(root, day)
     for seg in segments:
         result.segments += 1

@@ -176,3 +176,19 @@ def test_the_proxy_loads_the_file_without_the_exports_variables(tmp_path):
         load_config(cfg, env={})
     app = load_config(cfg, env={}, with_exports=False)
     assert app.exports == [] and app.landing_dir == tmp_path / "land"
+
+
+def test_two_exports_writing_the_same_place_are_rejected():
+    def entry(name, prefix, frequency="daily", **extra):
+        schedule = {"frequency": frequency, **extra}
+        return {"name": name, "schedule": schedule, "destination": {"type": "local", "config": {"prefix": prefix}}}
+
+    clash = {"log_exports": {"exports": [entry("a", "logs/{year}/{month}/{day}/"),
+                                         entry("b", "logs/{year}/{month}/{day}/", "weekly", day="sunday")]}}
+    found = problems(clash)
+    assert found == [
+        "log_exports.exports[1].destination: writes where exports[0] ('a') writes; "
+        "give each export its own prefix (e.g. with {export}) or table"
+    ]
+    fine = {"log_exports": {"exports": [entry("a", "{export}/{partition}/"), entry("b", "{export}/{partition}/")]}}
+    assert len(parse_config(fine, env={}).exports) == 2

@@ -104,3 +104,36 @@ def test_local_roots_keep_their_behaviour(tmp_path):
         assert fh.read() == b'{"a": 1}\n'
     assert landing.days(str(tmp_path)) == [DAY]  # a plain string path is still a local path
     assert not landing.is_url(str(tmp_path)) and landing.is_url("s3://b/x") and landing.is_url("az://c/x")
+
+
+def test_a_configured_remote_landing_zone_feeds_validation_and_the_sensor_state(zone, tmp_path):
+    """landing.path as a URL: the proxy side uploads, the pipeline side mirrors and validates."""
+    import json
+
+    import polars as pl
+
+    from bifrost_pipeline import validation
+    from bifrost_pipeline.config import parse_config
+    from bifrost_pipeline.defs.raw import landing_state
+    from bifrost_pipeline_tests.helpers import record
+
+    root, opts = zone
+    proxy_side = parse_config(
+        {"landing": {"path": root, "storage_options": opts, "local_path": "proxy_spool"}},
+        env={}, base_dir=tmp_path,
+    )
+    pipeline_side = parse_config(
+        {"landing": {"path": root, "storage_options": opts}, "pipeline": {"data_dir": "data"}},
+        env={}, base_dir=tmp_path,
+    )
+    assert proxy_side.landing_dir == tmp_path / "proxy_spool"
+    lines = [json.dumps(record(request_id=f"r{i}")).encode() for i in range(3)] + [b"{bad"]
+    landing.write_segment(proxy_side.landing_dir, lines, datetime(2024, 1, 15, 10, tzinfo=UTC))
+    landing.upload_segments(proxy_side.landing_dir, str(proxy_side.landing_root), opts)
+
+    assert landing_state(pipeline_side, DAY)[0] == 1  # the sensor sees the remote segment
+    result = validation.validate_day(pipeline_side, DAY)
+    assert (result.valid_rows, result.quarantined_rows) == (3, 1)
+    assert pl.read_parquet(result.quarantine_path)["line"].to_list() == [4]
+    # the recorded state equals the remote listing, so the sensor will not ask for this day again
+    assert (result.segments, result.newest_segment_mtime) == landing_state(pipeline_side, DAY)

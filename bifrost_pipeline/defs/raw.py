@@ -32,7 +32,7 @@ def landing_spec(app: AppConfig) -> dg.AssetSpec:
         ),
         group_name="ingest",
         partitions_def=raw_partitions(app),
-        metadata={"path": dg.MetadataValue.path(str(app.landing_dir))},
+        metadata={"path": dg.MetadataValue.path(str(app.landing_root))},
         kinds={"file"},
     )
 
@@ -197,7 +197,7 @@ def recorded_landing_state(instance: dg.DagsterInstance, day: str) -> tuple[int,
 def landing_state(app: AppConfig, day: date) -> tuple[int, float]:
     from bifrost_pipeline import landing
 
-    segs = landing.list_segments(app.landing_dir, day)
+    segs = landing.list_segments(app.landing_root, day, app.landing.storage_options)
     return len(segs), max((s.mtime for s in segs), default=0.0)
 
 

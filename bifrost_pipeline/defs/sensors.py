@@ -34,7 +34,7 @@ def build_landing_sensor(app: AppConfig) -> dg.SensorDefinition:
         valid_keys = set(partitions.get_partition_keys(dynamic_partitions_store=context.instance))
         today = date.today()
         requests = []
-        for day in landing.days(app.landing_dir):
+        for day in landing.days(app.landing_root, app.landing.storage_options):
             key = day.isoformat()
             if day < today - timedelta(days=LOOKBACK_DAYS) or key not in valid_keys:
                 continue

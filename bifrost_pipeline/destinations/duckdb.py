@@ -61,9 +61,11 @@ class DuckDBDestination(Destination):
         return self.config.table or self.export_name
 
     @classmethod
-    def location_key(cls, config, app) -> str:
+    def location_key(cls, config, app) -> str | None:
+        if not config.table:
+            return None  # defaults to the export's name: unique
         path = app.resolve(config.path) if config.path else app.warehouse_path
-        return f"duckdb:{path.resolve()}:{config.schema_name}"
+        return f"duckdb:{path.resolve()}:{config.schema_name}.{config.table}".lower()
 
     def describe(self) -> str:
         return f"duckdb:{self.path}#{self.config.schema_name}.{self.table}"
