@@ -148,6 +148,9 @@ def is_url(root: Path | str) -> bool:
 
 
 def _remote(root: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    # gcsfs otherwise waits about 60 s per bucket on a hierarchical-namespace lookup (must be set before
+    # gcsfs is imported, which url_to_fs does on first use of gs://).
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     from fsspec.core import url_to_fs
 
     fs, path = url_to_fs(root, **dict(storage_options or {}))
