@@ -1,0 +1,73 @@
+"""The analyst queries of the README run as written on the embedded warehouse and give the right numbers."""
+
+import re
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from bifrost_pipeline import validation
+from bifrost_pipeline.exports import run_export
+from bifrost_pipeline_tests.helpers import DAY, land, make_app, record
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_queries() -> dict[str, str]:
+    text = README.read_text()
+    return dict(re.findall(r"<!-- query: duckdb (\w+) -->\s*```sql\n(.*?)```", text, re.S))
+
+
+ROWS = [
+    # customer, model, provider, latency, status, cost
+    ("acme", "gpt-4o", "openai", 100, "success", 0.5),
+    ("acme", "gpt-4o", "openai", 200, "error", 0.0),
+    ("acme", "claude-3-haiku", "anthropic", 300, "success", 0.25),
+    ("globex", "gpt-4o", "openai", 400, "success", 1.0),
+    ("globex", "claude-3-haiku", "anthropic", 500, "error", 0.0),
+]
+
+
+@pytest.fixture
+def warehouse(tmp_path):
+    entry = {
+        "name": "warehouse",
+        "schedule": {"frequency": "daily"},
+        "destination": {"type": "duckdb", "config": {"table": "request_logs"}},
+        "data": {"include": ["request_logs"]},
+    }
+    app = make_app(tmp_path, [entry])
+    land(app, [
+        record(request_id=f"r{i}", customer_id=c, model=m, provider=p, latency_ms=lat, status=st,
+               status_code=200 if st == "success" else 500, cost_usd=cost)
+        for i, (c, m, p, lat, st, cost) in enumerate(ROWS)
+    ])
+    validation.validate_day(app, DAY)
+    run_export(app, app.exports[0], DAY.isoformat())
+    run_export(app, app.exports[0], DAY.isoformat())  # a retry does not change any number
+    con = duckdb.connect(str(app.warehouse_path), read_only=True)
+    yield con
+    con.close()
+
+
+def test_the_readme_has_the_three_queries():
+    assert set(readme_queries()) == {"cost_by_customer_day", "p95_latency_by_model", "error_rate_by_provider"}
+
+
+def test_cost_by_customer_per_day(warehouse):
+    rows = warehouse.sql(readme_queries()["cost_by_customer_day"]).fetchall()
+    assert [(c, str(d), n, cost) for c, d, n, cost in rows] == [
+        ("globex", "2024-01-15", 2, 1.0),
+        ("acme", "2024-01-15", 3, 0.75),
+    ]
+
+
+def test_p95_latency_by_model(warehouse):
+    rows = warehouse.sql(readme_queries()["p95_latency_by_model"]).fetchall()
+    # claude: 300, 500 -> 300 + 0.95 * 200 = 490; gpt-4o: 100, 200, 400 -> 200 + 0.9 * 200 = 380
+    assert rows == [("claude-3-haiku", 2, pytest.approx(490.0)), ("gpt-4o", 3, pytest.approx(380.0))]
+
+
+def test_error_rate_by_provider(warehouse):
+    rows = warehouse.sql(readme_queries()["error_rate_by_provider"]).fetchall()
+    assert rows == [("anthropic", 2, pytest.approx(0.5)), ("openai", 3, pytest.approx(1 / 3))]
