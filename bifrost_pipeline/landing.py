@@ -127,19 +127,26 @@ def recover(root: Path) -> list[Path]:
     """Publish segments left as ``.part`` by a writer that died, cut at their last complete line."""
     published = []
     for part in sorted(Path(root).glob(f"date=*/hour=*/.*{SEGMENT_SUFFIX}{PART_SUFFIX}")):
-        data = part.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            part.unlink()
-            continue
-        if cut < len(data):
-            with open(part, "r+b") as fh:
-                fh.truncate(cut)
-                os.fsync(fh.fileno())
-        final = part.with_name(part.name[1 : -len(PART_SUFFIX)])
-        os.replace(part, final)
-        published.append(final)
+        final = _publish_part(part)
+        if final is not None:
+            published.append(final)
     return published
+
+
+def _publish_part(part: Path) -> Path | None:
+    """Cut a ``.part`` segment at its last complete line and rename it into view (None: it had no line)."""
+    data = part.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut == 0:
+        part.unlink()
+        return None
+    if cut < len(data):
+        with open(part, "r+b") as fh:
+            fh.truncate(cut)
+            os.fsync(fh.fileno())
+    final = part.with_name(part.name[1 : -len(PART_SUFFIX)])
+    os.replace(part, final)
+    return final
 
 
 def is_url(root: Path | str) -> bool:
@@ -327,18 +334,9 @@ def recover_dead_writers(root: Path) -> list[Path]:
         pid = _writer_pid(part)
         if pid is not None and pid != os.getpid() and _alive(pid):
             continue
-        data = part.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            part.unlink()
-            continue
-        if cut < len(data):
-            with open(part, "r+b") as fh:
-                fh.truncate(cut)
-                os.fsync(fh.fileno())
-        final = part.with_name(part.name[1 : -len(PART_SUFFIX)])
-        os.replace(part, final)
-        published.append(final)
+        final = _publish_part(part)
+        if final is not None:
+            published.append(final)
     return published
 
 
