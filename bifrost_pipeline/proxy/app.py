@@ -585,31 +585,9 @@ class ProxyApp:
                 # all, so it is sent once more on a new connection (as HTTP clients do for a reused one).
                 resp = await self.session.post(target.url(path), data=body, headers=fwd, timeout=timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            return (
-                await self._upstream_failed(
-                    send,
-                    rec,
-                    504,
-                    "timeout",
-                    f"provider {rec['provider']} did not answer within {target.timeout_s}s",
-                ),
-                None,
-                time.perf_counter() - t_up,
-                "",
-            )
+            return await self._timed_out(send, rec, target, t_up)
         except aiohttp.ClientError as err:
-            return (
-                await self._upstream_failed(
-                    send,
-                    rec,
-                    502,
-                    "upstream_unreachable",
-                    f"provider {rec['provider']}: {type(err).__name__}: {err}",
-                ),
-                None,
-                time.perf_counter() - t_up,
-                "",
-            )
+            return await self._client_error(send, rec, "upstream_unreachable", err, t_up)
         try:
             is_sse = resp.status == 200 and resp.content_type == "text/event-stream"
             if state is not None and is_sse:
@@ -618,31 +596,9 @@ class ProxyApp:
             try:
                 resp_body = await resp.read()
             except (TimeoutError, aiohttp.ServerTimeoutError):
-                return (
-                    await self._upstream_failed(
-                        send,
-                        rec,
-                        504,
-                        "timeout",
-                        f"provider {rec['provider']} did not answer within {target.timeout_s}s",
-                    ),
-                    None,
-                    time.perf_counter() - t_up,
-                    "",
-                )
+                return await self._timed_out(send, rec, target, t_up)
             except aiohttp.ClientError as err:
-                return (
-                    await self._upstream_failed(
-                        send,
-                        rec,
-                        502,
-                        "upstream_error",
-                        f"provider {rec['provider']}: {type(err).__name__}: {err}",
-                    ),
-                    None,
-                    time.perf_counter() - t_up,
-                    "",
-                )
+                return await self._client_error(send, rec, "upstream_error", err, t_up)
             up_s = time.perf_counter() - t_up
             hdrs = response_headers(list(resp.headers.items()), rid)
             hdrs.append((b"content-length", str(len(resp_body)).encode()))
@@ -657,6 +613,16 @@ class ProxyApp:
                 resp.release()
             else:
                 resp.close()  # a stream cut short: this connection cannot be reused
+
+    async def _timed_out(self, send, rec, target, t_up: float):
+        message = f"provider {rec['provider']} did not answer within {target.timeout_s}s"
+        status = await self._upstream_failed(send, rec, 504, "timeout", message)
+        return status, None, time.perf_counter() - t_up, ""
+
+    async def _client_error(self, send, rec, etype: str, err: Exception, t_up: float):
+        message = f"provider {rec['provider']}: {type(err).__name__}: {err}"
+        status = await self._upstream_failed(send, rec, 502, etype, message)
+        return status, None, time.perf_counter() - t_up, ""
 
     async def _upstream_failed(self, send, rec, status: int, etype: str, message: str) -> int:
         rec["status"] = "error"
