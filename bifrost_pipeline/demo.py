@@ -100,7 +100,7 @@ def _analyst_query(app) -> None:
         ORDER BY cost_usd DESC
         LIMIT 5"""
     _say(f"== Analyst query on the DuckDB warehouse ({app.warehouse_path}):")
-    _say("   " + " ".join(line.strip() for line in query.strip().splitlines()))
+    _say("   " + " ".join(query.split()))
     con = duckdb.connect(str(app.warehouse_path), read_only=True)
     try:
         rel = con.sql(query)
