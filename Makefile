@@ -34,6 +34,7 @@ dev: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/proxy_bench.py
+	$(PY) bench/warehouse_bench.py
 
 clean:
 	rm -rf .bifrost .tmp_dagster_home
