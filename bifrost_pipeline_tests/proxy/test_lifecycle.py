@@ -323,9 +323,8 @@ def test_proxy_imports_no_pipeline_engine(tmp_path):
         env={**os.environ, "TEST_PROVIDER_KEY": "k"},
     )
     assert out.returncode == 0, out.stderr
-    heavy, seconds = out.stdout.strip().rsplit(" ", 1)
-    assert heavy == "[]", f"the proxy imported {heavy}"
-    assert float(seconds) < 10.0  # typically 0.3-0.5 s; generous for a loaded CI machine
+    heavy, _seconds = out.stdout.strip().rsplit(" ", 1)
+    assert heavy == "[]", f"the proxy imported {heavy}"  # start-up time itself is measured in bench/, not here
 
 
 def test_cli_parser_runs_the_proxy_command():
