@@ -157,6 +157,16 @@ def loadgen_main(args: argparse.Namespace) -> None:
     print(json.dumps(res))
 
 
+# --pin: the client side (load generator, mock upstream) on one core and the server under test on the
+# other, as when the client runs on another machine; without it all processes share both cores.
+CLIENT_CPUS: set[int] | None = None
+SERVER_CPUS: set[int] | None = None
+
+
+def _affinity(cpus: set[int] | None):
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
 def run_load(url: str, rate: float, duration: float, headers: dict[str, str], timeout: float = 10.0) -> dict:
     cmd = [
         sys.executable,
@@ -172,7 +182,9 @@ def run_load(url: str, rate: float, duration: float, headers: dict[str, str], ti
         "--headers",
         json.dumps(headers),
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + timeout + 60)
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=duration + timeout + 60, preexec_fn=_affinity(CLIENT_CPUS)
+    )
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout)
@@ -204,7 +216,9 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> No
     raise RuntimeError(f"{url} not ready in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+def start(
+    cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None, cpus: set[int] | None = None
+) -> subprocess.Popen:
     return subprocess.Popen(
         cmd,
         stdout=open(log, "wb"),
@@ -212,6 +226,7 @@ def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None =
         start_new_session=True,
         env={**os.environ, **(env or {})},
         cwd=cwd,
+        preexec_fn=_affinity(cpus),
     )
 
 
@@ -278,6 +293,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per target and rate")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--no-litellm", action="store_true")
+    p.add_argument(
+        "--pin", action="store_true", help="client side on CPU 0, the proxy under test (and LiteLLM) on CPU 1"
+    )
     p.add_argument("--loadgen", help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
@@ -287,6 +305,9 @@ def main() -> None:
         loadgen_main(args)
         return
 
+    global CLIENT_CPUS, SERVER_CPUS
+    if args.pin and (os.cpu_count() or 1) >= 2:
+        CLIENT_CPUS, SERVER_CPUS = {0}, {1}
     load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     procs: list[subprocess.Popen] = []
@@ -296,6 +317,7 @@ def main() -> None:
             [sys.executable, "-m", "bifrost_pipeline.proxy.mock", "--port", str(mock_port)],
             work / "mock.log",
             cwd=ROOT,
+            cpus=CLIENT_CPUS,
         )
         procs.append(mock)
         mock_url = f"http://127.0.0.1:{mock_port}"
@@ -332,6 +354,7 @@ def main() -> None:
             ],
             work / "proxy.log",
             cwd=ROOT,
+            cpus=SERVER_CPUS,
         )
         procs.append(proxy)
         proxy_url = f"http://127.0.0.1:{proxy_port}"
@@ -363,6 +386,7 @@ def main() -> None:
                     work / "litellm.log",
                     env={"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOG": "ERROR"},
                     cwd=work,
+                    cpus=SERVER_CPUS,
                 )
                 procs.append(ll)
                 ll_url = f"http://127.0.0.1:{ll_port}"
