@@ -173,6 +173,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+class TableDestination(Destination):
+    """A warehouse: each dataset lands in a table named from `config.table` (default: the export's name)."""
+
+    @property
+    def table(self) -> str:
+        return self.config.table or self.export_name
+
+
 class FileStoreDestination(Destination):
     """Shared logic of stores that hold files under a prefix (local directory, S3, GCS, Azure Blob).
 

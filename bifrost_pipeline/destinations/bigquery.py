@@ -26,9 +26,9 @@ from pydantic import Field, SecretStr, field_validator
 from bifrost_pipeline.destinations.base import (
     PARTITION_COLUMN,
     DatasetFile,
-    Destination,
     DestinationConfig,
     PartitionOutput,
+    TableDestination,
     WriteResult,
     table_for,
 )
@@ -99,14 +99,10 @@ def time_partition_field(cols: list[Column]) -> str | None:
     return None
 
 
-class BigQueryDestination(Destination):
+class BigQueryDestination(TableDestination):
     kind = "bigquery"
     Config = BigQueryConfig
     config: BigQueryConfig
-
-    @property
-    def table(self) -> str:
-        return self.config.table or self.export_name
 
     @classmethod
     def location_key(cls, config, app) -> str | None:

@@ -10,9 +10,9 @@ from pydantic import Field
 from bifrost_pipeline.destinations.base import (
     PARTITION_COLUMN,
     DatasetFile,
-    Destination,
     DestinationConfig,
     PartitionOutput,
+    TableDestination,
     WriteResult,
     table_for,
 )
@@ -47,7 +47,7 @@ class DuckDBConfig(DestinationConfig):
     table: str | None = None  # default: the export's name
 
 
-class DuckDBDestination(Destination):
+class DuckDBDestination(TableDestination):
     kind = "duckdb"
     Config = DuckDBConfig
     config: DuckDBConfig
@@ -55,10 +55,6 @@ class DuckDBDestination(Destination):
     @property
     def path(self) -> Path:
         return self.app.resolve(self.config.path) if self.config.path else self.app.warehouse_path
-
-    @property
-    def table(self) -> str:
-        return self.config.table or self.export_name
 
     @classmethod
     def location_key(cls, config, app) -> str | None:

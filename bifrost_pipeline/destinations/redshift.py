@@ -27,9 +27,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from bifrost_pipeline.destinations.base import (
     PARTITION_COLUMN,
     DatasetFile,
-    Destination,
     DestinationConfig,
     PartitionOutput,
+    TableDestination,
     WriteResult,
     check_prefix,
     render_prefix,
@@ -138,14 +138,10 @@ def copy_sql(target: str, s3_uri: str, iam_role: str, region: str | None = None)
     )
 
 
-class RedshiftDestination(Destination):
+class RedshiftDestination(TableDestination):
     kind = "redshift"
     Config = RedshiftConfig
     config: RedshiftConfig
-
-    @property
-    def table(self) -> str:
-        return self.config.table or self.export_name
 
     @classmethod
     def location_key(cls, config, app) -> str | None:

@@ -20,9 +20,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from bifrost_pipeline.destinations.base import (
     PARTITION_COLUMN,
     DatasetFile,
-    Destination,
     DestinationConfig,
     PartitionOutput,
+    TableDestination,
     WriteResult,
     table_for,
 )
@@ -117,14 +117,10 @@ def literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-class SnowflakeDestination(Destination):
+class SnowflakeDestination(TableDestination):
     kind = "snowflake"
     Config = SnowflakeConfig
     config: SnowflakeConfig
-
-    @property
-    def table(self) -> str:
-        return self.config.table or self.export_name
 
     @classmethod
     def location_key(cls, config, app) -> str | None:

@@ -16,9 +16,9 @@ from pydantic import Field, SecretStr, field_validator
 from bifrost_pipeline.destinations.base import (
     PARTITION_COLUMN,
     DatasetFile,
-    Destination,
     DestinationConfig,
     PartitionOutput,
+    TableDestination,
     WriteResult,
     table_for,
 )
@@ -73,14 +73,10 @@ def sa_type(c: Column):
     }[c.kind]
 
 
-class SQLDestination(Destination):
+class SQLDestination(TableDestination):
     kind = "sql"
     Config = SQLConfig
     config: SQLConfig
-
-    @property
-    def table(self) -> str:
-        return self.config.table or self.export_name
 
     @classmethod
     def location_key(cls, config, app) -> str | None:
