@@ -66,6 +66,7 @@ class StreamState:
         "output",
         "error",
         "response_status",
+        "audio_bytes",
     )
 
     def __init__(self, request_type: str, hide_usage: bool):
@@ -81,6 +82,7 @@ class StreamState:
         self.output: Any = None
         self.error: Any = None
         self.response_status: str | None = None
+        self.audio_bytes = 0
 
     def _token(self, now: float) -> None:
         if self.first_token is None:
@@ -88,6 +90,18 @@ class StreamState:
         elif self.last_token is not None:
             self.gaps.append(now - self.last_token)
         self.last_token = now
+
+    def progress(self) -> str:
+        if self.audio_bytes:
+            return f"{self.audio_bytes} byte(s) of audio"
+        return f"{self.events} event(s)"
+
+    def audio(self, chunk: bytes, now: float) -> None:
+        """A chunk of raw audio (speech): its size and when the first one came, not its bytes."""
+        if chunk:
+            self.audio_bytes += len(chunk)
+            if self.first_token is None:
+                self.first_token = now
 
     def feed(self, event: bytes, now: float) -> bool:
         """Read one SSE event; False when it must not be passed on (the usage chunk the client did not ask for)."""
@@ -126,6 +140,11 @@ class StreamState:
                 if obj["delta"]:
                     self.text.append(obj["delta"])
                     self._token(now)
+            elif etype == "speech.audio.delta" and isinstance(obj.get("audio"), str):
+                b64 = obj["audio"]  # the audio is counted, never kept: it is not text a person reads
+                self.audio_bytes += len(b64) * 3 // 4 - b64[-2:].count("=")
+                if self.first_token is None:
+                    self.first_token = now
             resp = obj.get("response")
             if isinstance(resp, dict):
                 if isinstance(resp.get("usage"), dict):
@@ -523,7 +542,8 @@ class ProxyApp:
             metadata=logging_metadata(headers, self.logging_headers),
             user_id=req.get("user") if isinstance(req.get("user"), str) else None,
         )
-        state = StreamState(request_type, hide_usage) if stream else None
+        # Speech audio is passed on as it comes (TTS playback starts on the first chunk), SSE or not.
+        state = StreamState(request_type, hide_usage) if stream or request_type == "speech" else None
         upstream_s: float | None = None
         submitted = False
         try:
@@ -590,8 +610,9 @@ class ProxyApp:
             return await self._client_error(send, rec, "upstream_unreachable", err, t_up)
         try:
             is_sse = resp.status == 200 and resp.content_type == "text/event-stream"
-            if state is not None and is_sse:
-                await self._stream(send, resp, rec, state, receive, t0)
+            is_audio = resp.status == 200 and state is not None and state.request_type == "speech"
+            if state is not None and (is_sse or is_audio):
+                await self._stream(send, resp, rec, state, receive, t0, raw=not is_sse)
                 return 200, None, time.perf_counter() - t_up, resp.content_type
             try:
                 resp_body = await resp.read()
@@ -632,7 +653,8 @@ class ProxyApp:
         hdrs = [*JSON_HEADERS, (b"x-request-id", rec["request_id"].encode())]
         return await self._send(send, status, _error_body(status, message, etype), hdrs)
 
-    async def _stream(self, send, resp, rec, state: StreamState, receive, t0) -> None:
+    async def _stream(self, send, resp, rec, state: StreamState, receive, t0, raw: bool = False) -> None:
+        """Pass a stream on as it comes: SSE events (read into ``state``), or raw bytes (``raw``: audio)."""
         await send(
             {
                 "type": "http.response.start",
@@ -646,6 +668,10 @@ class ProxyApp:
             try:
                 async for chunk in resp.content.iter_any():
                     now = time.perf_counter()
+                    if raw:
+                        state.audio(chunk, now)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        continue
                     if b"\r" in chunk:
                         chunk = chunk.replace(b"\r\n", b"\n")
                     buf += chunk
@@ -687,11 +713,11 @@ class ProxyApp:
                 if cancelled:
                     rec["status"], rec["status_code"], rec["error_type"] = "error", 503, "cancelled"
                     rec["error_message"] = (
-                        f"the proxy shut down (proxy.shutdown_grace_s) after {state.events} event(s)"
+                        f"the proxy shut down (proxy.shutdown_grace_s) after {state.progress()}"
                     )
                 else:
                     rec["status"], rec["status_code"], rec["error_type"] = "error", 499, "client_disconnected"
-                    rec["error_message"] = f"the client closed the connection after {state.events} event(s)"
+                    rec["error_message"] = f"the client closed the connection after {state.progress()}"
             watch_task.cancel()
             await asyncio.gather(pump_task, watch_task, return_exceptions=True)
         if pump_task.done() and not pump_task.cancelled() and pump_task.exception() is not None:
@@ -730,7 +756,10 @@ class ProxyApp:
                 etype, msg = error_of({"error": state.error}, "stream_error")
                 rec["error_type"], rec["error_message"] = etype, msg
             output = state.output
-            if output is None:
+            if request_type == "speech":
+                ok = state.audio_bytes or rec["status"] == "success"
+                output = {"audio_bytes": state.audio_bytes, "content_type": ctype} if ok else None
+            elif output is None:
                 text = "".join(state.text)
                 output = {"role": "assistant", "content": text} if request_type == "chat" else {"text": text}
         else:
@@ -740,10 +769,7 @@ class ProxyApp:
             elif rec["status"] == "error" and rec["error_type"] is None:
                 etype, msg = error_of(doc, f"http_{rec['status_code']}")
                 rec["error_type"], rec["error_message"] = etype, msg
-            if request_type == "speech" and resp_body is not None and rec["status"] == "success":
-                output = {"audio_bytes": len(resp_body), "content_type": ctype}
-            else:
-                output = response_output(request_type, doc) if rec["status"] == "success" else None
+            output = response_output(request_type, doc) if rec["status"] == "success" else None
         rec["cost_usd"] = self.pricing.cost(
             rec["provider"], rec["model"], rec["input_tokens"], rec["output_tokens"]
         )

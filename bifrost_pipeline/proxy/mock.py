@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import random
 import time
 from collections import deque
@@ -167,18 +168,32 @@ class MockUpstream:
                 },
             )
         elif path == "/v1/audio/speech":
-            audio = b"ID3" + bytes(range(256)) * 4
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"audio/mpeg"),
-                        (b"content-length", str(len(audio)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": audio})
+            # As OpenAI's TTS: the audio in chunks as it is made (chunked transfer), or with
+            # stream_format "sse" as speech.audio.delta events (base64) and a speech.audio.done with usage.
+            pieces = [b"ID3" + bytes(range(256))] + [bytes(range(256))] * max(0, n_words - 1)
+            if req.get("stream_format") == "sse":
+                prompt = max(1, _count_words(req.get("input")))
+                events: list[tuple[str | None, dict]] = [
+                    (None, {"type": "speech.audio.delta", "audio": base64.b64encode(p).decode()})
+                    for p in pieces
+                ]
+                out = len(pieces)
+                usage = {"input_tokens": prompt, "output_tokens": out, "total_tokens": prompt + out}
+                events.append((None, {"type": "speech.audio.done", "usage": usage}))
+                await self._sse(send, events, chunk_delay, done=False)
+            else:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"audio/mpeg")],  # no length: sent chunked
+                    }
+                )
+                for piece in pieces:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    if chunk_delay:
+                        await asyncio.sleep(chunk_delay)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         elif path == "/v1/audio/transcriptions":
             size = int((form or {}).get("file_bytes", 0))
             text = f"mock transcription of {size} bytes"

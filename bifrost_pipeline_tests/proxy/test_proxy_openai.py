@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -229,7 +230,10 @@ def test_request_types(client, proxy_env, kind):
         assert json.loads(rec["output_content"]) == {"embeddings": 2, "dimensions": 8}
     if kind == "speech":
         assert json.loads(rec["input_content"]) == "hello"
-        assert json.loads(rec["output_content"])["audio_bytes"] == 1027
+        assert json.loads(rec["output_content"]) == {
+            "audio_bytes": len(raw.content),
+            "content_type": "audio/mpeg",
+        }
     if kind.startswith("transcription"):
         assert json.loads(rec["input_content"])["file"] == {
             "name": "a.wav",
@@ -338,6 +342,67 @@ def test_mid_stream_client_disconnect_still_lands_a_record(proxy_env):
     assert rec["time_to_first_token_ms"] is not None
     partial = json.loads(rec["output_content"])["content"]
     assert partial.startswith("This is") and len(partial.split()) < 200
+
+
+def test_speech_audio_is_passed_on_as_it_comes(client, proxy_env):
+    # 5 chunks, 300 ms apart: the first must reach the client long before the last is made.
+    headers = {"x-mock-chunks": "5", "x-mock-chunk-delay-ms": "300"}
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input="read this aloud", extra_headers=headers
+    ) as resp:
+        arrivals, audio = [], b""
+        for chunk in resp.iter_bytes():
+            arrivals.append(datetime.now(UTC))
+            audio += chunk
+        rid = resp.headers["x-request-id"]
+    assert audio[:3] == b"ID3" and len(audio) == 3 + 5 * 256
+    assert (arrivals[-1] - arrivals[0]).total_seconds() > 0.9  # streamed, not buffered by the proxy
+    rec = record_of(proxy_env["landing"], rid)
+    _schema_valid(rec)
+    assert (rec["request_type"], rec["stream"], rec["status"]) == ("speech", False, "success")
+    assert json.loads(rec["output_content"]) == {"audio_bytes": len(audio), "content_type": "audio/mpeg"}
+    assert rec["time_to_first_token_ms"] is not None and rec["time_to_first_token_ms"] < 600
+    assert rec["latency_ms"] >= 1200
+
+
+def test_speech_sse_usage_and_audio_size(client, proxy_env):
+    with client.audio.speech.with_streaming_response.create(
+        model="openai/gpt-4o-mini-tts",
+        voice="alloy",
+        input="one two three four",
+        stream_format="sse",
+        extra_headers={"x-mock-chunks": "4"},
+    ) as resp:
+        events = [json.loads(line[5:]) for line in resp.iter_lines() if line.startswith("data:")]
+        rid = resp.headers["x-request-id"]
+    decoded = sum(len(base64.b64decode(e["audio"])) for e in events if e["type"] == "speech.audio.delta")
+    assert events[-1]["type"] == "speech.audio.done" and decoded == 3 + 4 * 256
+    rec = record_of(proxy_env["landing"], rid)
+    _schema_valid(rec)
+    assert (rec["request_type"], rec["stream"], rec["status"]) == ("speech", True, "success")
+    assert (rec["input_tokens"], rec["output_tokens"], rec["total_tokens"]) == (4, 4, 8)
+    assert json.loads(rec["input_content"]) == "one two three four"
+    # The record keeps the audio's size, never the base64 audio itself.
+    assert json.loads(rec["output_content"]) == {"audio_bytes": decoded, "content_type": "text/event-stream"}
+    assert rec["time_to_first_token_ms"] is not None
+
+
+def test_speech_client_disconnect_mid_audio_still_lands_a_record(proxy_env):
+    body = {"model": "tts-1", "voice": "alloy", "input": "a long text"}
+    headers = {"x-mock-chunks": "100", "x-mock-chunk-delay-ms": "20", "authorization": f"Bearer {CLIENT_KEY}"}
+    with httpx.Client(timeout=10) as http:
+        with http.stream("POST", proxy_env["url"] + "/v1/audio/speech", json=body, headers=headers) as resp:
+            rid = resp.headers["x-request-id"]
+            got = 0
+            for chunk in resp.iter_raw():
+                got += len(chunk)
+                if got >= 3 * 256:
+                    break
+    rec = record_of(proxy_env["landing"], rid)
+    assert (rec["status"], rec["status_code"], rec["error_type"]) == ("error", 499, "client_disconnected")
+    assert "byte(s) of audio" in rec["error_message"]
+    assert 0 < json.loads(rec["output_content"])["audio_bytes"] < 3 + 100 * 256
+    assert rec["latency_ms"] < 1500  # recorded when the client left, not when the 2 s of audio would end
 
 
 def test_request_id_header_on_every_proxied_answer(proxy_env):
