@@ -84,6 +84,7 @@ async def _loadgen(url: str, rate: float, duration: float, timeout: float, heade
     n = int(rate * duration)
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     latencies: list[float] = []
+    slow: list[tuple[float, float]] = []  # (sent, seconds from the start of the run) of requests over SLOW_S
     lags: list[float] = []
     statuses: dict[str, int] = {}
     clock = time.perf_counter  # uvloop's loop.time() has a 1 ms resolution: too coarse for the lag
@@ -119,6 +120,8 @@ async def _loadgen(url: str, rate: float, duration: float, timeout: float, heade
             statuses[str(status)] = statuses.get(str(status), 0) + 1
             if status == 200:
                 latencies.append(elapsed)
+            if elapsed > SLOW_S:
+                slow.append((sent - start, elapsed))
             idle.append(conn)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as err:
             key = "timeout" if isinstance(err, TimeoutError) else type(err).__name__
@@ -135,7 +138,34 @@ async def _loadgen(url: str, rate: float, duration: float, timeout: float, heade
         "latencies": latencies,
         "statuses": statuses,
         "lag_p99_ms": _pct(lags, 99) * 1000 if lags else 0.0,
+        "slow": sorted(slow),
     }
+
+
+SLOW_S = 0.020  # a request slower than this is listed, so that one stall can be told from many small delays
+
+
+def _stalls(slow: list[list[float]]) -> str:
+    """Slow requests grouped into stalls (sent within 100 ms of each other): how many, and the worst."""
+    if not slow:
+        return ""
+    groups: list[list[list[float]]] = []
+    for sent, elapsed in slow:
+        if groups and sent - groups[-1][-1][0] < 0.1:
+            groups[-1].append([sent, elapsed])
+        else:
+            groups.append([[sent, elapsed]])
+    worst = max(groups, key=lambda g: max(e for _, e in g))
+    return (
+        f"{len(slow)} request(s) over {SLOW_S * 1000:.0f} ms in {len(groups)} stall(s); the worst at "
+        f"{worst[0][0]:.2f} s: {len(worst)} request(s), up to {max(e for _, e in worst) * 1000:.0f} ms"
+    )
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(steal, total) jiffies of the machine: time the hypervisor gave to other machines shows as steal."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -183,7 +213,11 @@ def run_load(url: str, rate: float, duration: float, headers: dict[str, str], ti
         json.dumps(headers),
     ]
     out = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=duration + timeout + 60, preexec_fn=_affinity(CLIENT_CPUS)
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=duration + timeout + 60,
+        preexec_fn=_affinity(CLIENT_CPUS),
     )
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
@@ -412,7 +446,10 @@ def main() -> None:
         for rate, name in plan:
             url, headers = targets[name]
             warm = run_load(url, min(rate, 100), args.warmup, headers)
+            steal0, total0 = _cpu_times()
             res = run_load(url, rate, args.duration, headers)
+            steal1, total1 = _cpu_times()
+            res["steal_pct"] = 100 * (steal1 - steal0) / max(1, total1 - total0)
             if name == "bifrost proxy":
                 sent_to_proxy += warm["sent"] + res["sent"]
             results.append((rate, name, res))
@@ -421,8 +458,12 @@ def main() -> None:
 
         code = stop(proxy)  # graceful: drains the landing queue and publishes every segment
         landed = 0
+        slow_inside = 0  # requests whose own record (arrival to last byte sent) says they took over SLOW_S
         for seg in landing.glob("date=*/hour=*/*.ndjson"):
-            landed += sum(1 for line in seg.read_bytes().splitlines() if line.strip())
+            for line in seg.read_bytes().splitlines():
+                if line.strip():
+                    landed += 1
+                    slow_inside += json.loads(line)["latency_ms"] > SLOW_S * 1000
         parts = list(landing.rglob("*.part"))
 
         print()
@@ -435,7 +476,7 @@ def main() -> None:
         print()
         header = (
             f"{'rate/s':>6}  {'target':14s} {'ok/sent':>11}  {'p50 ms':>7} {'p99 ms':>7}  "
-            f"{'added p50':>9} {'added p99':>9}  {'client lag p99':>14}"
+            f"{'added p50':>9} {'added p99':>9}  {'client lag p99':>14}  {'steal':>5}"
         )
         print(header)
         print("-" * len(header))
@@ -448,23 +489,37 @@ def main() -> None:
                 added = "" if name.startswith("direct") else f"{p50 - d50:+9.2f} {p99 - d99:+9.2f}"
                 print(
                     f"{rate:6.0f}  {name:14s} {r['ok']:>5}/{r['sent']:<5}  {p50:7.2f} {p99:7.2f}  "
-                    f"{added:>19}  {r['lag_p99_ms']:11.2f} ms"
+                    f"{added:>19}  {r['lag_p99_ms']:11.2f} ms  {r['steal_pct']:4.1f}%"
                 )
                 other = {k: v for k, v in r["statuses"].items() if k != "200"}
                 if other:
                     print(f"{'':8}{'':14} not ok: {other}")
+                if r["slow"]:
+                    print(f"{'':8}{'':14} {_stalls(r['slow'])}")
         busy = [
-            r
+            (n, rt)
             for (rt, n, r) in results
-            if n == "direct (mock)" and (r["lag_p99_ms"] > 5 or _pct(r["latencies"], 99) * 1000 > 5)
+            if r["steal_pct"] > 1.0
+            or (n == "direct (mock)" and (r["lag_p99_ms"] > 5 or _pct(r["latencies"], 99) * 1000 > 5))
         ]
         print()
         print(f"load average (1 min) at the start {load_start:.2f}, at the end {os.getloadavg()[0]:.2f}")
+        print(
+            "steal: CPU time the hypervisor gave to other machines during the run; stalls: requests over "
+            f"{SLOW_S * 1000:.0f} ms, grouped when sent within 100 ms of each other."
+        )
+        client_slow = sum(len(r["slow"]) for (_, n, r) in results if n == "bifrost proxy")
+        print(
+            f"bifrost proxy requests over {SLOW_S * 1000:.0f} ms: {client_slow} seen by the client, {slow_inside} "
+            "by the proxy's own records (arrival to last byte sent; the rest of the delay was outside its code)"
+        )
         if busy:
             print(
-                "WARNING: the machine was busy during this run (the direct target's p99 or the client's lag "
-                "went over 5 ms): the p99 figures measure the machine more than the proxy; run it again when "
-                "nothing else runs."
+                "WARNING: the machine was busy during this run (steal over 1%, or the direct target's p99 or "
+                "the client's lag over 5 ms, in: "
+                + ", ".join(f"{n} @ {rt:.0f}/s" for n, rt in busy)
+                + "): the p99 figures measure the machine more than the proxy; run it again when nothing "
+                "else runs."
             )
         print()
         print(
