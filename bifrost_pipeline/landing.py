@@ -78,7 +78,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 class SegmentFile:
-    """One segment being written: append lines, then `publish()` renames it into view."""
+    """One segment being written: append lines, then `publish()` renames it into view.
+
+    ``write_lines`` is all or nothing: if the disk refuses part of a call (full, I/O error), the file is cut
+    back to where the call began and the error is raised, so the caller can write the same lines again
+    later without leaving a torn line or a duplicate behind.
+    """
+
+    WRITE_CHUNK = 1024 * 1024  # lines are joined into writes of about this size
 
     def __init__(self, root: Path, source: str, when: datetime):
         self.directory = hour_dir(root, when)
@@ -89,31 +96,64 @@ class SegmentFile:
         self.opened_at = datetime.now(UTC)
         self.bytes_written = 0
         self.lines_written = 0
-        self._fh = open(self.temp_path, "ab", buffering=1024 * 1024)
+        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def write_lines(self, lines: Iterable[bytes]) -> None:
-        for line in lines:
-            if not line.endswith(b"\n"):
-                line += b"\n"
-            self._fh.write(line)
-            self.bytes_written += len(line)
-            self.lines_written += 1
+        start = self.bytes_written
+        written, count = 0, 0
+        chunk: list[bytes] = []
+        size = 0
+        try:
+            for line in lines:
+                if not line.endswith(b"\n"):
+                    line += b"\n"
+                chunk.append(line)
+                size += len(line)
+                count += 1
+                if size >= self.WRITE_CHUNK:
+                    written += _write_all(self._fd, b"".join(chunk))
+                    chunk, size = [], 0
+            if chunk:
+                written += _write_all(self._fd, b"".join(chunk))
+        except BaseException:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass  # the segment stays cut at a line boundary or not; recovery cuts at the last full line
+            raise
+        self.bytes_written = start + written
+        self.lines_written += count
 
     def flush(self, durable: bool = True) -> None:
-        self._fh.flush()
         if durable:
-            os.fsync(self._fh.fileno())
+            os.fsync(self._fd)  # written straight to the file (no user-space buffer): only fsync is left
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
 
     def publish(self) -> Path | None:
-        """Flush, fsync and rename into view. An empty segment is removed instead."""
-        self.flush(durable=True)
-        self._fh.close()
+        """Fsync and rename into view. An empty segment is removed instead.
+
+        If it fails it can be called again: it goes on from the step that failed."""
+        if self._fd >= 0:
+            self.flush(durable=True)
+            os.close(self._fd)
+            self._fd = -1
         if self.lines_written == 0:
             self.temp_path.unlink(missing_ok=True)
             return None
         os.replace(self.temp_path, self.final_path)
         _fsync_dir(self.directory)
         return self.final_path
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    return len(data)
 
 
 def write_segment(root: Path, lines: Iterable[bytes], when: datetime, source: str = "batch") -> Path | None:
@@ -278,7 +318,9 @@ def days(root: Path | str, storage_options: Mapping[str, Any] | None = None) -> 
     return sorted(out)
 
 
-def list_segments(root: Path | str, day: date, storage_options: Mapping[str, Any] | None = None) -> list[Segment]:
+def list_segments(
+    root: Path | str, day: date, storage_options: Mapping[str, Any] | None = None
+) -> list[Segment]:
     """Every complete segment of a UTC day, in a stable order (hour, then name)."""
     if is_url(root):
         return _remote_segments(root, day, storage_options)
@@ -358,16 +400,24 @@ class RotatingWriter:
         self.lines_published = 0
 
     def write(self, hour_key: datetime, lines: list[bytes]) -> None:
+        """Append ``lines`` to the hour's open segment: all of them, or none if this raises."""
         seg = self.open.get(hour_key)
+        if seg is not None and (seg.closed or seg.bytes_written >= self.max_bytes):
+            self._publish(hour_key)  # left over from a publish that failed: finish it first
+            seg = None
         if seg is None:
             seg = self.open[hour_key] = SegmentFile(self.root, self.source, hour_key)
         seg.write_lines(lines)
         if seg.bytes_written >= self.max_bytes:
-            self._publish(hour_key)
+            try:
+                self._publish(hour_key)
+            except OSError:
+                pass  # the lines are written; the next write, rotation or close publishes it or raises
 
     def flush(self, durable: bool = True) -> None:
         for seg in self.open.values():
-            seg.flush(durable=durable)
+            if not seg.closed:
+                seg.flush(durable=durable)
 
     def rotate_expired(self, now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
@@ -375,13 +425,26 @@ class RotatingWriter:
             self._publish(key)
 
     def close(self) -> None:
+        """Publish every open segment; if some fail, the others are still published and the first error raised."""
+        first: OSError | None = None
         for key in list(self.open):
-            self._publish(key)
+            try:
+                self._publish(key)
+            except OSError as err:
+                first = first or err
+        if first is not None:
+            raise first
+
+    def publish(self, hour_key: datetime) -> None:
+        """Publish the hour's open segment now (if any); its next write starts a new one."""
+        if hour_key in self.open:
+            self._publish(hour_key)
 
     def _publish(self, key: datetime) -> None:
-        seg = self.open.pop(key)
+        seg = self.open[key]
         lines = seg.lines_written
-        path = seg.publish()
+        path = seg.publish()  # if it raises, the segment stays open, to be published again later
+        del self.open[key]
         if path is not None:
             self.segments_published += 1
             self.lines_published += lines

@@ -1,4 +1,5 @@
 import json
+import os
 
 import polars as pl
 import pytest
@@ -116,7 +117,7 @@ def test_recover_publishes_a_crashed_writers_segment_up_to_its_last_line(tmp_pat
     app = make_app(tmp_path)
     part = landing.SegmentFile(app.landing_dir, "crashy", utc(2024, 1, 15, 9))
     part.write_lines([json.dumps(record(request_id="kept")).encode()])
-    part._fh.write(b'{"request_id": "half')  # the process died mid-line
+    os.write(part._fd, b'{"request_id": "half')  # the process died mid-line
     part.flush()
     (published,) = landing.recover(app.landing_dir)
     assert published.read_bytes().endswith(b"}\n")

@@ -189,6 +189,8 @@ class ProxyApp:
             flush_interval_s=self.proxy.flush_interval_s,
             on_landed=self.metrics.records_landed.inc,
             on_wait=self.metrics.queue_waits.inc,
+            on_error=self.metrics.landing_errors.inc,
+            on_lost=self.metrics.records_lost.inc,
         )
         self.session: aiohttp.ClientSession | None = None
         self.inflight = 0
@@ -329,7 +331,10 @@ class ProxyApp:
             "queue_size": self.writer.slots.size,
             "records_submitted": self.writer.submitted,
             "records_written": self.writer.written,
-            "writer_error": type(self.writer.error).__name__ if self.writer.error else None,
+            "writer_error": f"{type(self.writer.error).__name__}: {self.writer.error}"[:500]
+            if self.writer.error
+            else None,
+            "write_errors": self.writer.write_errors,
         }
         return await self._send(send, 200 if doc["status"] == "ok" else 503, orjson.dumps(doc))
 

@@ -159,6 +159,16 @@ class Metrics:
             "Requests that waited for room in the landing queue (backpressure)",
             registry=r,
         )
+        self.landing_errors = Counter(
+            "bifrost_proxy_landing_errors_total",
+            "Failed writes, flushes or publishes of landing segments (each is retried)",
+            registry=r,
+        )
+        self.records_lost = Counter(
+            "bifrost_proxy_records_lost_total",
+            "Records the proxy shut down without landing, because the disk kept refusing them",
+            registry=r,
+        )
 
     def custom_values(self, headers: dict[str, str]) -> tuple[str, ...]:
         """Values of the configured custom labels from ``x-bf-prom-<name>`` headers ("" when absent)."""

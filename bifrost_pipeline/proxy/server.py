@@ -111,6 +111,6 @@ def serve(
         server.run(sockets=[sock])
     finally:
         app.writer.close(10.0)
-    if app.writer.error is not None:
+    if app.writer.error is not None or app.writer.lost:
         return 1
     return 0 if server.started else 1

@@ -32,6 +32,9 @@ _STOP = object()
 _FLUSH = object()
 MAX_BATCH = 5000
 BATCH_INTERVAL_S = 0.025  # the writer takes what was queued at most this often
+RETRY_INTERVAL_S = 1.0  # while the disk refuses writes, they are tried again this often
+RETRY_CHUNK = 100  # records per write while retrying
+STOP_RETRIES = 5  # on shutdown, a write the disk still refuses is tried this many more times
 
 
 class QueueFull(Exception):
@@ -88,6 +91,8 @@ class LandingWriter:
         source: str = "proxy",
         on_landed: Callable[[int], None] | None = None,
         on_wait: Callable[[], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+        on_lost: Callable[[int], None] | None = None,
     ):
         self.root = Path(root)
         self.slots = Slots(queue_size)
@@ -97,6 +102,8 @@ class LandingWriter:
         )
         self.on_landed = on_landed
         self.on_wait = on_wait
+        self.on_error = on_error
+        self.on_lost = on_lost
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self.batch_interval_s = min(BATCH_INTERVAL_S, flush_interval_s)
@@ -106,7 +113,10 @@ class LandingWriter:
         self.written = 0
         self.waits = 0
         self.refused = 0
-        self.error: BaseException | None = None
+        self.write_errors = 0
+        self.lost = 0
+        self.error: BaseException | None = None  # the last disk error, until a write succeeds again
+        self._last_error_log = 0.0
         self._closed = False
 
     # --- lifecycle (event loop side) -----------------------------------------------------------------
@@ -183,67 +193,154 @@ class LandingWriter:
         rw = self.rotating
         next_flush = time.monotonic() + self.flush_interval_s
         stop = False
+        stop_retries = 0
+        flush_failed = False
         landed_before = 0
-        while not stop:
-            # Wake on a timer, not per record: a thread woken for every record would contend for the GIL
-            # with the event loop on every request (measured: it shows in the proxy's p99).
-            self._wake.wait(min(self.batch_interval_s, max(0.0, next_flush - time.monotonic())))
-            self._wake.clear()
-            items: list = []
-            try:
-                while len(items) < MAX_BATCH:
-                    items.append(self._q.get_nowait())
-            except queue.Empty:
-                pass
+        # Serialized records not yet written, per hour. They keep their queue slots until they are written,
+        # so while the disk refuses them the queue fills and requests wait (or get 429): none is dropped.
+        pending: dict[datetime, list[bytes]] = {}
+        while True:
+            if pending or flush_failed:
+                wait = RETRY_INTERVAL_S
+            else:
+                # Wake on a timer, not per record: a thread woken for every record would contend for the GIL
+                # with the event loop on every request (measured: it shows in the proxy's p99).
+                wait = min(self.batch_interval_s, max(0.0, next_flush - time.monotonic()))
+            if not stop:
+                self._wake.wait(wait)
+                self._wake.clear()
+            elif pending or flush_failed:
+                time.sleep(RETRY_INTERVAL_S)
             force_flush = False
-            groups: dict[datetime, list[bytes]] = {}
-            n = 0
-            for item in items:
+            for item in self._take():
                 if item is _STOP:
                     stop = True
-                    continue
-                if item is _FLUSH:
+                elif item is _FLUSH:
                     force_flush = True
-                    continue
-                hour, rec = item
+                else:
+                    hour, rec = item
+                    pending.setdefault(hour, []).append(self._serialize(rec))
+            for hour, lines in list(pending.items()):
+                done = self._write_hour(hour, lines, sum(len(v) for v in pending.values()))
+                if done:
+                    self.written += done
+                    self._release_from_thread(done)
+                if done == len(lines):
+                    del pending[hour]
+                else:
+                    pending[hour] = lines[done:]
+            if force_flush or stop or flush_failed or time.monotonic() >= next_flush:
                 try:
-                    line = orjson.dumps(rec, default=str)
-                except Exception as err:  # a record that cannot be serialized is a bug: say so loudly
-                    log.error(
-                        "record %s could not be serialized (%s); landed as an error note",
-                        rec.get("request_id"),
-                        err,
-                    )
-                    line = orjson.dumps(
-                        {
-                            k: (v if isinstance(v, str | int | float | bool | None) else str(v))
-                            for k, v in rec.items()
-                        }
-                    )
-                groups.setdefault(hour, []).append(line)
-                n += 1
-            try:
-                for hour, lines in groups.items():
-                    rw.write(hour, lines)
-                self.written += n
-                if force_flush or stop or time.monotonic() >= next_flush:
                     rw.flush(durable=True)
                     rw.rotate_expired()
-                    next_flush = time.monotonic() + self.flush_interval_s
                     if force_flush:
                         rw.close()
-            except BaseException as err:  # disk full, permissions: keep the process alive, keep counting
-                self.error = err
-                log.exception("landing writer failed to write %d record(s): they are lost", n)
-            if n:
-                self._release_from_thread(n)
+                    flush_failed = False
+                except Exception as err:  # tried again next time; the segments stay open until they publish
+                    flush_failed = True
+                    self._failed(err, "flush or publish", sum(len(v) for v in pending.values()))
+                next_flush = time.monotonic() + self.flush_interval_s
+            if self.error is not None and not pending and not flush_failed:
+                log.warning("landing writer recovered: every record it held is written and flushed")
+                self.error = None
             if self.on_landed and rw.lines_published != landed_before:
                 self.on_landed(rw.lines_published - landed_before)
                 landed_before = rw.lines_published
+            if stop:
+                stop_retries += 1
+                if not (pending or flush_failed) or stop_retries > STOP_RETRIES:
+                    break
         try:
             rw.close()
-        except BaseException as err:
-            self.error = err
-            log.exception("landing writer failed to publish its segments")
+        except Exception as err:
+            self._failed(err, "publish", 0)
+            log.error(
+                "landing writer stopped with segments it could not publish; the next start publishes them"
+            )
         if self.on_landed and rw.lines_published != landed_before:
             self.on_landed(rw.lines_published - landed_before)
+        lost = sum(len(v) for v in pending.values())
+        if lost:
+            self.lost += lost
+            if self.on_lost is not None:
+                self.on_lost(lost)
+            log.error(
+                "landing writer stopped after %d retries with %d record(s) it could not write: they are lost "
+                "(%s)",
+                STOP_RETRIES,
+                lost,
+                self.error,
+            )
+
+    def _write_hour(self, hour: datetime, lines: list[bytes], held: int) -> int:
+        """Write ``lines`` to the hour's segment; return how many were written (from the front).
+
+        A refused write is tried once more in a new segment (the full one is published): that gets past a
+        segment that cannot grow (a file-size limit), not past a full disk. While failing, lines go in
+        parts of RETRY_CHUNK, so that what can be written is.
+        """
+        rw = self.rotating
+        step = len(lines) if self.error is None else RETRY_CHUNK
+        done = 0
+        in_new_segment = False
+        while done < len(lines):
+            part = lines[done : done + step]
+            try:
+                rw.write(hour, part)
+            except Exception as err:  # disk full, I/O error, permissions: the lines stay held
+                self._failed(err, "write", held)
+                if in_new_segment:
+                    return done
+                try:
+                    rw.publish(hour)
+                except Exception:
+                    return done  # still open: publishing is tried again with the next write or flush
+                in_new_segment = True
+                step = min(step, RETRY_CHUNK)
+                continue
+            done += len(part)
+            in_new_segment = False
+        return done
+
+    def _take(self) -> list:
+        items: list = []
+        try:
+            while len(items) < MAX_BATCH:
+                items.append(self._q.get_nowait())
+        except queue.Empty:
+            pass
+        return items
+
+    @staticmethod
+    def _serialize(rec: dict) -> bytes:
+        try:
+            return orjson.dumps(rec, default=str)
+        except Exception as err:  # a record that cannot be serialized is a bug: say so loudly, land it anyway
+            log.error(
+                "record %s could not be serialized (%s); landed with its values as text",
+                rec.get("request_id"),
+                err,
+            )
+            return orjson.dumps(
+                {k: (v if isinstance(v, str | int | float | bool | None) else str(v)) for k, v in rec.items()}
+            )
+
+    def _failed(self, err: BaseException, what: str, held: int) -> None:
+        """Count a failed disk operation; log the first of a run of failures, then one a minute."""
+        self.write_errors += 1
+        if self.on_error is not None:
+            self.on_error()
+        first = self.error is None
+        self.error = err
+        now = time.monotonic()
+        if first or now - self._last_error_log >= 60:
+            self._last_error_log = now
+            log.error(
+                "landing writer: %s failed (%s); %d record(s) held in memory and retried every %.0f s, "
+                "requests wait for room in the queue meanwhile (%d failure(s) so far)",
+                what,
+                err,
+                held,
+                RETRY_INTERVAL_S,
+                self.write_errors,
+            )

@@ -17,7 +17,17 @@ import httpx
 import openai
 import pytest
 
-from .conftest import CLIENT_KEY, landed, mock_requests, record_of, start_proxy, wait_for, write_config
+from ..emulators.servers import free_port, start_server
+from .conftest import (
+    CLIENT_KEY,
+    PROVIDER_KEY,
+    landed,
+    mock_requests,
+    record_of,
+    start_proxy,
+    wait_for,
+    write_config,
+)
 
 
 def _client(url: str) -> openai.OpenAI:
@@ -324,7 +334,9 @@ def test_proxy_imports_no_pipeline_engine(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     heavy, _seconds = out.stdout.strip().rsplit(" ", 1)
-    assert heavy == "[]", f"the proxy imported {heavy}"  # start-up time itself is measured in bench/, not here
+    assert heavy == "[]", (
+        f"the proxy imported {heavy}"
+    )  # start-up time itself is measured in bench/, not here
 
 
 def test_cli_parser_runs_the_proxy_command():
@@ -465,3 +477,55 @@ def test_sigterm_past_the_grace_period_cuts_streams_but_lands_their_records(tmp_
     assert rec["latency_ms"] < 4000 and not list(landing_dir.rglob("*.part"))
     assert rec["time_to_first_token_ms"] is not None
     assert json.loads(rec["output_content"])["content"].startswith("This is")  # the text received so far
+
+
+def test_a_disk_that_refuses_writes_holds_the_records_until_they_can_be_written(
+    tmp_path, mock_upstream, log_dir
+):
+    """A real write error from the kernel: the proxy runs under a file-size limit (RLIMIT_FSIZE), so a segment
+    that reaches it refuses the next write (EFBIG). The records wait in memory, the proxy reports it, and
+    they land in the next segment, each exactly once."""
+    N_REQUESTS = 600
+    landing_dir = tmp_path / "landing"
+    cfg = write_config(
+        tmp_path / "config.json",
+        landing_dir,
+        mock_upstream.url,
+        proxy={"flush_interval_s": 0.1, "segment_max_age_s": 1},
+    )
+    limit = 128 * 1024
+    boot = (
+        "import resource, runpy, sys; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+        "sys.argv = ['proxy'] + sys.argv[1:]; "
+        "runpy.run_module('bifrost_pipeline.proxy', run_name='__main__', alter_sys=True)"
+    )
+    port = free_port()
+    server = start_server(
+        "proxy-fsize",
+        [sys.executable, "-c", boot, "--config", str(cfg), "--port", str(port), "--log-level", "warning"],
+        port,
+        log_dir,
+        env={"TEST_PROVIDER_KEY": PROVIDER_KEY},
+        ready=lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200,
+        timeout=30,
+    )
+    try:
+        client = _client(server.url)
+        ids = []
+        for i in range(N_REQUESTS):  # about 700 bytes a record: several segments' worth
+            raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input=f"n{i}")
+            ids.append(raw.headers["x-request-id"])
+        wait_for(lambda: len(landed(landing_dir)) == N_REQUESTS, 20, "every record to land")
+        metrics = httpx.get(server.url + "/metrics").text
+        errors = [ln for ln in metrics.splitlines() if ln.startswith("bifrost_proxy_landing_errors_total ")]
+        assert errors and float(errors[0].split()[1]) >= 1
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0  # every record written: a clean exit
+    recs = landed(landing_dir)
+    assert sorted(r["request_id"] for r in recs) == sorted(ids)  # each exactly once
+    assert all(seg.stat().st_size <= limit for seg in landing_dir.rglob("*.ndjson"))
+    assert not list(landing_dir.rglob("*.part"))
+    log = server.log.read_text()
+    assert "File too large" in log and "landing writer recovered" in log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bifrost_pipeline import landing
+from bifrost_pipeline.proxy import writer as writer_mod
 from bifrost_pipeline.proxy.writer import LandingWriter, QueueFull
 
 H1 = datetime(2026, 1, 2, 13, tzinfo=UTC)
@@ -124,3 +126,112 @@ def test_recover_publishes_dead_writers_only(tmp_path):
         live.kill()
         live.wait()
     assert os.path.exists(alive)
+
+
+class FailingDisk:
+    """Stands in for ``landing._write_all`` (the one place segment bytes reach the disk): while ``full``, each
+    write puts half its bytes in the file and then fails as a full disk does."""
+
+    def __init__(self):
+        self.full = False
+        self.failures = 0
+        self._real = landing._write_all
+
+    def __call__(self, fd: int, data: bytes) -> int:
+        if self.full:
+            self.failures += 1
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._real(fd, data)
+
+
+@pytest.fixture
+def disk(monkeypatch):
+    fake = FailingDisk()
+    monkeypatch.setattr(landing, "_write_all", fake)
+    monkeypatch.setattr(writer_mod, "RETRY_INTERVAL_S", 0.05)
+    return fake
+
+
+def test_a_refused_write_leaves_the_segment_as_it_was(tmp_path, disk):
+    seg = landing.SegmentFile(tmp_path, "t", H1)
+    seg.write_lines([b'{"i": 1}'])
+    disk.full = True
+    with pytest.raises(OSError, match="No space"):
+        seg.write_lines([b'{"i": 2}', b'{"i": 3}'])
+    assert seg.temp_path.read_bytes() == b'{"i": 1}\n'  # the half-written batch was cut off again
+    assert (seg.lines_written, seg.bytes_written) == (1, 9)
+    disk.full = False
+    seg.write_lines([b'{"i": 2}', b'{"i": 3}'])
+    assert seg.publish().read_bytes() == b'{"i": 1}\n{"i": 2}\n{"i": 3}\n'
+
+
+def test_a_full_disk_holds_records_and_applies_backpressure_until_it_has_room(tmp_path, disk):
+    errors, landed = [], []
+
+    async def scenario():
+        w = LandingWriter(
+            tmp_path,
+            queue_size=3,
+            segment_max_bytes=10**9,
+            segment_max_age_s=3600,
+            flush_interval_s=0.05,
+            on_error=lambda: errors.append(1),
+            on_landed=landed.append,
+        )
+        w.start(asyncio.get_running_loop())
+        disk.full = True
+        for i in range(3):
+            await w.reserve(True)
+            w.submit(H1 if i < 2 else H2, {"request_id": f"r{i}"})
+        deadline = asyncio.get_running_loop().time() + 5
+        while disk.failures < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert disk.failures >= 3 and isinstance(w.error, OSError) and errors  # retried, counted
+        with pytest.raises(QueueFull):
+            await w.reserve(True)  # the held records keep their slots: the queue is full, nothing is dropped
+        assert w.written == 0 and w.slots.free == 0
+        disk.full = False
+        await asyncio.wait_for(w.reserve(False), 5)  # room again once the held records are written
+        w.release()
+        deadline = asyncio.get_running_loop().time() + 5
+        while w.error is not None and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert w.error is None and w.written == 3 and w.lost == 0
+        await w.aclose()
+        return w
+
+    w = asyncio.run(scenario())
+    ids = sorted(r["request_id"] for r in _lines(tmp_path))
+    assert ids == ["r0", "r1", "r2"]  # each exactly once: no torn line, no duplicate from the retries
+    assert sum(landed) == 3 and not list(tmp_path.rglob("*.part"))
+    assert w.write_errors == len(errors) >= 3
+
+
+def test_stopping_on_a_disk_that_stays_full_counts_and_logs_the_records_lost(
+    tmp_path, disk, monkeypatch, caplog
+):
+    monkeypatch.setattr(writer_mod, "STOP_RETRIES", 2)
+    lost = []
+
+    async def scenario():
+        w = LandingWriter(
+            tmp_path,
+            queue_size=10,
+            segment_max_bytes=10**9,
+            segment_max_age_s=3600,
+            flush_interval_s=0.05,
+            on_lost=lost.append,
+        )
+        w.start(asyncio.get_running_loop())
+        disk.full = True
+        for i in range(4):
+            await w.reserve(True)
+            w.submit(H1, {"request_id": f"r{i}"})
+        await w.aclose()
+        return w
+
+    w = asyncio.run(scenario())
+    assert w.lost == 4 and lost == [4] and disk.failures >= 3
+    assert "4 record(s) it could not write: they are lost" in caplog.text
+    assert "No space left on device" in caplog.text
