@@ -147,6 +147,13 @@ class SegmentFile:
         _fsync_dir(self.directory)
         return self.final_path
 
+    def discard(self) -> None:
+        """Remove the segment unpublished (a batch that must land whole or not at all)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.temp_path.unlink(missing_ok=True)
+
 
 def _write_all(fd: int, data: bytes) -> int:
     view = memoryview(data)

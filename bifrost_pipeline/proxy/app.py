@@ -382,9 +382,19 @@ class ProxyApp:
         except ValueError as err:
             return await self._send(send, 400, _error_body(400, str(err), "invalid_request_error"))
         if groups:
-            await asyncio.to_thread(intake.land_groups, self.writer.root, groups, "intake")
+            try:
+                await asyncio.to_thread(intake.land_groups, self.writer.root, groups, "intake")
+            except OSError as err:
+                message = self._landing_refused(err)
+                return await self._send(send, 503, _error_body(503, message, "landing_unavailable"))
             self.metrics.records_landed.inc(report["accepted"])
         return await self._send(send, 200, orjson.dumps(report))
+
+    def _landing_refused(self, err: OSError) -> str:
+        """Count and log an intake batch the disk refused; the message for the sender (who sends it again)."""
+        self.metrics.landing_errors.inc()
+        log.error("intake batch not landed: the landing zone refused it (%s)", err)
+        return f"the landing zone refused the batch ({err}); none of it was landed: send it again"
 
     async def _traces(self, scope, receive, send) -> int:
         body = await self._intake_body(scope, receive, send)
@@ -423,7 +433,12 @@ class ProxyApp:
                 intake.land_groups(self.writer.root, groups, "otlp")
             return groups, skipped, rejected, reasons
 
-        groups, skipped, rejected, reasons = await asyncio.to_thread(convert)
+        try:
+            groups, skipped, rejected, reasons = await asyncio.to_thread(convert)
+        except OSError as err:
+            # OTLP/HTTP: 503 is a retryable answer; the body is a google.rpc.Status (14: UNAVAILABLE).
+            message = self._landing_refused(err)
+            return await self._send(send, 503, orjson.dumps({"code": 14, "message": message}))
         landed = sum(len(v) for v in groups.values())
         if landed:
             self.metrics.records_landed.inc(landed)

@@ -104,10 +104,23 @@ def process_batch(body: bytes, *, strip_content: bool) -> tuple[dict[datetime, l
 
 
 def land_groups(root: Path, groups: dict[datetime, list[bytes]], source: str) -> list[Path]:
-    """One published segment per UTC hour (blocking: run it in a thread)."""
-    paths = []
-    for hour, lines in sorted(groups.items()):
-        p = landing.write_segment(root, lines, hour, source=source)
-        if p is not None:
-            paths.append(p)
-    return paths
+    """One published segment per UTC hour, all or none (blocking: run it in a thread).
+
+    Every segment is written and fsynced before any is published: if the disk refuses one, the others are
+    removed and the error raised, so the sender can send the whole batch again without duplicates.
+    """
+    segments: list[landing.SegmentFile] = []
+    try:
+        for hour, lines in sorted(groups.items()):
+            segment = landing.SegmentFile(root, source, hour)
+            segments.append(segment)
+            segment.write_lines(lines)
+            segment.flush(durable=True)
+    except BaseException:
+        for segment in segments:
+            try:
+                segment.discard()
+            except OSError:
+                pass  # left as an empty or partial .part: the next start's recovery deals with it
+        raise
+    return [p for p in (segment.publish() for segment in segments) if p is not None]

@@ -479,21 +479,15 @@ def test_sigterm_past_the_grace_period_cuts_streams_but_lands_their_records(tmp_
     assert json.loads(rec["output_content"])["content"].startswith("This is")  # the text received so far
 
 
-def test_a_disk_that_refuses_writes_holds_the_records_until_they_can_be_written(
-    tmp_path, mock_upstream, log_dir
-):
-    """A real write error from the kernel: the proxy runs under a file-size limit (RLIMIT_FSIZE), so a segment
-    that reaches it refuses the next write (EFBIG). The records wait in memory, the proxy reports it, and
-    they land in the next segment, each exactly once."""
-    N_REQUESTS = 600
-    landing_dir = tmp_path / "landing"
+def _proxy_under_file_size_limit(tmp_path, mock_upstream, log_dir, limit: int):
+    """The proxy under a file-size limit (RLIMIT_FSIZE): a real write error from the kernel (EFBIG) for any
+    write that would make a file larger than ``limit``."""
     cfg = write_config(
         tmp_path / "config.json",
-        landing_dir,
+        tmp_path / "landing",
         mock_upstream.url,
         proxy={"flush_interval_s": 0.1, "segment_max_age_s": 1},
     )
-    limit = 128 * 1024
     boot = (
         "import resource, runpy, sys; "
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
@@ -501,7 +495,7 @@ def test_a_disk_that_refuses_writes_holds_the_records_until_they_can_be_written(
         "runpy.run_module('bifrost_pipeline.proxy', run_name='__main__', alter_sys=True)"
     )
     port = free_port()
-    server = start_server(
+    return start_server(
         "proxy-fsize",
         [sys.executable, "-c", boot, "--config", str(cfg), "--port", str(port), "--log-level", "warning"],
         port,
@@ -510,16 +504,29 @@ def test_a_disk_that_refuses_writes_holds_the_records_until_they_can_be_written(
         ready=lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200,
         timeout=30,
     )
+
+
+def _metric(url: str, name: str) -> float:
+    lines = [ln for ln in httpx.get(url + "/metrics").text.splitlines() if ln.startswith(name + " ")]
+    return float(lines[0].split()[1]) if lines else 0.0
+
+
+def test_a_disk_that_refuses_writes_holds_the_records_until_they_can_be_written(
+    tmp_path, mock_upstream, log_dir
+):
+    """A segment that reaches the limit refuses the next write: the records wait in memory, the proxy
+    reports it, and they land in the next segment, each exactly once."""
+    n_requests, limit = 600, 128 * 1024
+    landing_dir = tmp_path / "landing"
+    server = _proxy_under_file_size_limit(tmp_path, mock_upstream, log_dir, limit)
     try:
         client = _client(server.url)
         ids = []
-        for i in range(N_REQUESTS):  # about 700 bytes a record: several segments' worth
+        for i in range(n_requests):  # about 700 bytes a record: several segments' worth
             raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input=f"n{i}")
             ids.append(raw.headers["x-request-id"])
-        wait_for(lambda: len(landed(landing_dir)) == N_REQUESTS, 20, "every record to land")
-        metrics = httpx.get(server.url + "/metrics").text
-        errors = [ln for ln in metrics.splitlines() if ln.startswith("bifrost_proxy_landing_errors_total ")]
-        assert errors and float(errors[0].split()[1]) >= 1
+        wait_for(lambda: len(landed(landing_dir)) == n_requests, 20, "every record to land")
+        assert _metric(server.url, "bifrost_proxy_landing_errors_total") >= 1
     finally:
         server.stop()
     assert server.proc.returncode == 0  # every record written: a clean exit
@@ -529,3 +536,53 @@ def test_a_disk_that_refuses_writes_holds_the_records_until_they_can_be_written(
     assert not list(landing_dir.rglob("*.part"))
     log = server.log.read_text()
     assert "File too large" in log and "landing writer recovered" in log
+
+
+def test_an_intake_batch_the_disk_refuses_gets_503_and_lands_none_of_it(tmp_path, mock_upstream, log_dir):
+    limit = 64 * 1024
+    landing_dir = tmp_path / "landing"
+    server = _proxy_under_file_size_limit(tmp_path, mock_upstream, log_dir, limit)
+    pad = "x" * 900
+
+    def record(i: int, hour: int) -> dict:
+        return {
+            "schema_version": "1",
+            "timestamp": f"2026-03-04T{hour:02d}:00:00Z",
+            "request_id": f"batch-{hour}-{i}",
+            "customer_id": "c1",
+            "provider": "openai",
+            "model": "gpt-4o",
+            "endpoint": "/v1/chat/completions",
+            "method": "POST",
+            "request_type": "chat",
+            "stream": False,
+            "status": "success",
+            "status_code": 200,
+            "latency_ms": 10,
+            "input_content": json.dumps(pad),
+        }
+
+    try:
+        small = [record(i, 5) for i in range(10)]  # the 05:00 segment fits
+        large = [record(i, 6) for i in range(100)]  # the 06:00 one (about 100 KB) is over the limit
+        body = "\n".join(json.dumps(r) for r in small + large).encode()
+        r = httpx.post(
+            server.url + "/v1/logs", content=body, headers={"content-type": "application/x-ndjson"}
+        )
+        assert r.status_code == 503
+        message = r.json()["error"]["message"]
+        assert "File too large" in message and "none of it was landed" in message
+        assert _metric(server.url, "bifrost_proxy_landing_errors_total") == 1
+        # All or none: the hour that fitted was not published either, and no .part is left behind.
+        assert landed(landing_dir) == [] and not list(landing_dir.rglob("*.part"))
+        # Sent again in parts that fit, the same records are accepted, each once.
+        for part in (small + large[:50], large[50:]):
+            body = "\n".join(json.dumps(r) for r in part).encode()
+            ok = httpx.post(
+                server.url + "/v1/logs", content=body, headers={"content-type": "application/x-ndjson"}
+            )
+            assert ok.status_code == 200 and ok.json()["accepted"] == len(part)
+        ids = sorted(r["request_id"] for r in landed(landing_dir))
+        assert ids == sorted(r["request_id"] for r in small + large)
+    finally:
+        server.stop()
