@@ -180,6 +180,16 @@ class TableDestination(Destination):
     def table(self) -> str:
         return self.config.table or self.export_name
 
+    @classmethod
+    def location_key(cls, config, app) -> str | None:
+        # Without `table` the table is the export's own name, which no other export has.
+        return cls.table_location(config, app) if config.table else None
+
+    @classmethod
+    @abstractmethod
+    def table_location(cls, config, app) -> str:
+        """The configured table, fully qualified (server, database, schema), in the store's case rules."""
+
 
 class FileStoreDestination(Destination):
     """Shared logic of stores that hold files under a prefix (local directory, S3, GCS, Azure Blob).

@@ -105,9 +105,7 @@ class BigQueryDestination(TableDestination):
     config: BigQueryConfig
 
     @classmethod
-    def location_key(cls, config, app) -> str | None:
-        if not config.table:
-            return None
+    def table_location(cls, config, app) -> str:
         return f"bigquery:{config.project_id}.{config.dataset}.{config.table}"
 
     def describe(self) -> str:

@@ -57,9 +57,7 @@ class DuckDBDestination(TableDestination):
         return self.app.resolve(self.config.path) if self.config.path else self.app.warehouse_path
 
     @classmethod
-    def location_key(cls, config, app) -> str | None:
-        if not config.table:
-            return None  # defaults to the export's name: unique
+    def table_location(cls, config, app) -> str:
         path = app.resolve(config.path) if config.path else app.warehouse_path
         return f"duckdb:{path.resolve()}:{config.schema_name}.{config.table}".lower()
 

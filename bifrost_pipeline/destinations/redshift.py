@@ -144,9 +144,7 @@ class RedshiftDestination(TableDestination):
     config: RedshiftConfig
 
     @classmethod
-    def location_key(cls, config, app) -> str | None:
-        if not config.table:
-            return None
+    def table_location(cls, config, app) -> str:
         return f"redshift:{config.cluster}/{config.database}.{config.schema_name}.{config.table}".lower()
 
     def describe(self) -> str:

@@ -123,9 +123,7 @@ class SnowflakeDestination(TableDestination):
     config: SnowflakeConfig
 
     @classmethod
-    def location_key(cls, config, app) -> str | None:
-        if not config.table:
-            return None
+    def table_location(cls, config, app) -> str:
         return f"snowflake:{config.account_identifier}/{config.database}.{config.schema_name}.{config.table}".upper()
 
     def describe(self) -> str:

@@ -79,9 +79,7 @@ class SQLDestination(TableDestination):
     config: SQLConfig
 
     @classmethod
-    def location_key(cls, config, app) -> str | None:
-        if not config.table:
-            return None  # the table is the export's own name
+    def table_location(cls, config, app) -> str:
         return f"sql:{safe_url(config.url.get_secret_value())}#{config.schema_name or ''}.{config.table}"
 
     def describe(self) -> str:

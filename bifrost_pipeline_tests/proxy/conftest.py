@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -150,3 +151,29 @@ def proxy_env(tmp_path_factory, mock_upstream, log_dir):
 
 def mock_requests(mock: Server) -> list[dict]:
     return httpx.get(mock.url + "/mock/requests", timeout=5).json()
+
+
+def canonical_record(**over) -> dict:
+    """A valid record in the canonical schema, as a gateway would push it to /v1/logs."""
+    rec = {
+        "schema_version": "1",
+        "timestamp": "2026-03-04T05:06:07.123Z",
+        "request_id": str(uuid.uuid4()),
+        "customer_id": "c1",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "endpoint": "/v1/chat/completions",
+        "method": "POST",
+        "request_type": "chat",
+        "stream": False,
+        "status": "success",
+        "status_code": 200,
+        "latency_ms": 321,
+        "input_tokens": 10,
+        "output_tokens": 20,
+        "metadata": {"team": "a"},
+        "input_content": '"hi"',
+        "output_content": '"hello"',
+    }
+    rec.update(over)
+    return rec

@@ -14,32 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
-from .conftest import landed, wait_for
-
-
-def _record(**over) -> dict:
-    rec = {
-        "schema_version": "1",
-        "timestamp": "2026-03-04T05:06:07.123Z",
-        "request_id": str(uuid.uuid4()),
-        "customer_id": "c1",
-        "provider": "openai",
-        "model": "gpt-4o",
-        "endpoint": "/v1/chat/completions",
-        "method": "POST",
-        "request_type": "chat",
-        "stream": False,
-        "status": "success",
-        "status_code": 200,
-        "latency_ms": 321,
-        "input_tokens": 10,
-        "output_tokens": 20,
-        "metadata": {"team": "a"},
-        "input_content": '"hi"',
-        "output_content": '"hello"',
-    }
-    rec.update(over)
-    return rec
+from .conftest import canonical_record, landed, wait_for
 
 
 def _by_id(root, ids: set[str]) -> dict[str, dict]:
@@ -51,16 +26,16 @@ def _by_id(root, ids: set[str]) -> dict[str, dict]:
 
 
 def test_logs_ndjson_accepts_valid_and_reports_rejected_lines(proxy_env):
-    good1, good2 = _record(), _record(timestamp="2026-03-04T23:59:59+02:00")  # 21:59 UTC
+    good1, good2 = canonical_record(), canonical_record(timestamp="2026-03-04T23:59:59+02:00")  # 21:59 UTC
     lines = [
         json.dumps(good1),
         '{"request_id": "broken", "timestamp": ',
-        json.dumps({k: v for k, v in _record().items() if k != "customer_id"}),
+        json.dumps({k: v for k, v in canonical_record().items() if k != "customer_id"}),
         "",
-        json.dumps(_record(status_code="two hundred")),
-        json.dumps(_record(timestamp="yesterday")),
+        json.dumps(canonical_record(status_code="two hundred")),
+        json.dumps(canonical_record(timestamp="yesterday")),
         json.dumps(good2),
-        json.dumps(_record(metadata={"n": 1})),
+        json.dumps(canonical_record(metadata={"n": 1})),
     ]
     r = httpx.post(
         proxy_env["url"] + "/v1/logs",
@@ -88,7 +63,7 @@ def test_logs_ndjson_accepts_valid_and_reports_rejected_lines(proxy_env):
 
 
 def test_logs_json_array_reports_indexes(proxy_env):
-    good = _record()
+    good = canonical_record()
     r = httpx.post(proxy_env["url"] + "/v1/logs", json=[good, {"schema_version": "2"}, "text"])
     report = r.json()
     assert report["accepted"] == 1

@@ -21,6 +21,7 @@ from ..emulators.servers import free_port, start_server
 from .conftest import (
     CLIENT_KEY,
     PROVIDER_KEY,
+    canonical_record,
     landed,
     mock_requests,
     record_of,
@@ -545,22 +546,11 @@ def test_an_intake_batch_the_disk_refuses_gets_503_and_lands_none_of_it(tmp_path
     pad = "x" * 900
 
     def record(i: int, hour: int) -> dict:
-        return {
-            "schema_version": "1",
-            "timestamp": f"2026-03-04T{hour:02d}:00:00Z",
-            "request_id": f"batch-{hour}-{i}",
-            "customer_id": "c1",
-            "provider": "openai",
-            "model": "gpt-4o",
-            "endpoint": "/v1/chat/completions",
-            "method": "POST",
-            "request_type": "chat",
-            "stream": False,
-            "status": "success",
-            "status_code": 200,
-            "latency_ms": 10,
-            "input_content": json.dumps(pad),
-        }
+        return canonical_record(
+            timestamp=f"2026-03-04T{hour:02d}:00:00Z",
+            request_id=f"batch-{hour}-{i}",
+            input_content=json.dumps(pad),
+        )
 
     try:
         small = [record(i, 5) for i in range(10)]  # the 05:00 segment fits
