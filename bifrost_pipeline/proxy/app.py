@@ -199,6 +199,7 @@ class ProxyApp:
         self.drop_headers = frozenset({self.customer_header})
         self.routes = {
             "/health": self._health,
+            "/health/live": self._live,
             "/metrics": self._metrics,
             "/v1/logs": self._logs,
             "/v1/traces": self._traces,
@@ -337,6 +338,11 @@ class ProxyApp:
             "write_errors": self.writer.write_errors,
         }
         return await self._send(send, 200 if doc["status"] == "ok" else 503, orjson.dumps(doc))
+
+    async def _live(self, scope, receive, send) -> int:
+        # For a liveness probe: 200 while the process serves, even when /health is 503 because the disk
+        # refuses writes; restarting then would lose the records held in memory for the retry.
+        return await self._send(send, 200, b'{"status": "alive"}')
 
     async def _models(self, scope, receive, send) -> int:
         """The configured models, as OpenAI's model list (tools call it to fill their model pickers)."""

@@ -417,6 +417,9 @@ def test_request_id_header_on_every_proxied_answer(proxy_env):
 def test_health(proxy_env):
     doc = httpx.get(proxy_env["url"] + "/health").json()
     assert doc["status"] == "ok" and doc["landing_writer"] == "running"
+    assert doc["writer_error"] is None and doc["write_errors"] == 0
+    live = httpx.get(proxy_env["url"] + "/health/live")
+    assert live.status_code == 200 and live.json() == {"status": "alive"}
 
 
 def test_models_lists_the_configured_models(client):
