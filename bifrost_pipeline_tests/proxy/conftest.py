@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from bifrost_pipeline_tests.emulators.servers import Server, free_port, start_server
+from bifrost_pipeline_tests.helpers import record
 
 CLIENT_KEY = "sk-client-secret-never-forwarded-0123456789"
 PROVIDER_KEY = "sk-provider-key-from-env-9876543210"
@@ -154,26 +155,12 @@ def mock_requests(mock: Server) -> list[dict]:
 
 
 def canonical_record(**over) -> dict:
-    """A valid record in the canonical schema, as a gateway would push it to /v1/logs."""
-    rec = {
-        "schema_version": "1",
+    """A valid record in the canonical schema, as a gateway would push it to /v1/logs (a new request id)."""
+    defaults = {
         "timestamp": "2026-03-04T05:06:07.123Z",
+        "ended_at": None,
         "request_id": str(uuid.uuid4()),
-        "customer_id": "c1",
-        "provider": "openai",
-        "model": "gpt-4o",
-        "endpoint": "/v1/chat/completions",
-        "method": "POST",
-        "request_type": "chat",
-        "stream": False,
-        "status": "success",
-        "status_code": 200,
         "latency_ms": 321,
-        "input_tokens": 10,
-        "output_tokens": 20,
         "metadata": {"team": "a"},
-        "input_content": '"hi"',
-        "output_content": '"hello"',
     }
-    rec.update(over)
-    return rec
+    return record(**{**defaults, **over})

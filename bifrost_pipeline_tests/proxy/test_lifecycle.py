@@ -554,7 +554,7 @@ def test_an_intake_batch_the_disk_refuses_gets_503_and_lands_none_of_it(tmp_path
 
     try:
         small = [record(i, 5) for i in range(10)]  # the 05:00 segment fits
-        large = [record(i, 6) for i in range(100)]  # the 06:00 one (about 100 KB) is over the limit
+        large = [record(i, 6) for i in range(100)]  # the 06:00 one (about 150 KB) is over the limit
         body = "\n".join(json.dumps(r) for r in small + large).encode()
         r = httpx.post(
             server.url + "/v1/logs", content=body, headers={"content-type": "application/x-ndjson"}
@@ -566,7 +566,7 @@ def test_an_intake_batch_the_disk_refuses_gets_503_and_lands_none_of_it(tmp_path
         # All or none: the hour that fitted was not published either, and no .part is left behind.
         assert landed(landing_dir) == [] and not list(landing_dir.rglob("*.part"))
         # Sent again in parts that fit, the same records are accepted, each once.
-        for part in (small + large[:50], large[50:]):
+        for part in (small, *(large[i : i + 30] for i in range(0, len(large), 30))):  # about 45 KB each
             body = "\n".join(json.dumps(r) for r in part).encode()
             ok = httpx.post(
                 server.url + "/v1/logs", content=body, headers={"content-type": "application/x-ndjson"}
