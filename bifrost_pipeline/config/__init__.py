@@ -49,7 +49,6 @@ from bifrost_pipeline.config.loading import (
     format_path,
     load_config,
     parse_config,
-    pydantic_problems,
     substitute_env,
 )
 from bifrost_pipeline.config.proxy import ClientConfig, ModelPrice, ProviderConfig, ProxyConfig
@@ -93,6 +92,5 @@ __all__ = [
     "format_path",
     "load_config",
     "parse_config",
-    "pydantic_problems",
     "substitute_env",
 ]

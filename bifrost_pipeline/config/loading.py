@@ -72,7 +72,7 @@ def _written_path(loc: tuple, document: Any) -> tuple:
     return tuple(out)
 
 
-def pydantic_problems(err: ValidationError, document: Any = None, prefix: tuple = ()) -> list[str]:
+def _pydantic_problems(err: ValidationError, document: Any = None, prefix: tuple = ()) -> list[str]:
     """One ``path: message`` line per error of `err`, raised validating `document` found at `prefix`."""
     problems = []
     for e in err.errors(include_url=False, include_input=False):
@@ -135,7 +135,7 @@ def _validate_export(raw: Any, path: tuple, context: LoadContext) -> tuple[Expor
     try:
         export = ExportConfig.model_validate(raw, context=context)
     except ValidationError as err:
-        return None, problems + pydantic_problems(err, raw, path)
+        return None, problems + _pydantic_problems(err, raw, path)
     return (None, problems) if problems else (export, [])
 
 
@@ -217,7 +217,7 @@ def parse_config(
     try:
         app = AppConfig.model_validate(document)
     except ValidationError as err:
-        problems.extend(pydantic_problems(err, document))
+        problems.extend(_pydantic_problems(err, document))
     problems.extend(export_problems)
     if problems:
         raise ConfigError(problems)
