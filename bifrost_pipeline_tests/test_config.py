@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,3 +194,35 @@ def test_two_exports_writing_the_same_place_are_rejected():
     ]
     fine = {"log_exports": {"exports": [entry("a", "{export}/{partition}/"), entry("b", "{export}/{partition}/")]}}
     assert len(parse_config(fine, env={}).exports) == 2
+
+
+def test_transformations_are_typed_at_load_and_a_hash_key_comes_from_its_variable():
+    steps = [
+        {"type": "anonymize", "fields": ["customer_id"], "key_env": "MY_KEY", "key": "written-in-the-file"},
+        {"type": "aggregate", "group_by": ["model"], "metrics": ["count"]},
+    ]
+    (e,) = parse_config(one_export(data={"transformations": steps}), env={"MY_KEY": "from-env"}).exports
+    anonymize, aggregate = e.transformations
+    assert (type(anonymize).__name__, type(aggregate).__name__) == ("Anonymize", "Aggregate")
+    assert anonymize.key.get_secret_value() == "from-env"
+    assert type(e.destination.config).__name__ == "LocalConfig" and e.destination.config.path == "exports"
+
+
+def test_destinations_are_checked_against_the_registry_given():
+    from bifrost_pipeline.destinations.local import LocalDestination
+
+    raw = one_export(destination={"type": "s3", "config": {"bucket": "b"}})
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={}, destinations={"local": LocalDestination})
+    assert err.value.problems == ["log_exports.exports[0].destination.type: unknown destination 's3' (known: local)"]
+
+
+def test_loading_imports_only_the_destinations_its_exports_use(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(one_export()))
+    code = (
+        "import sys; from bifrost_pipeline.config import load_config; load_config(sys.argv[1], env={}); "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('bifrost_pipeline.destinations.'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["bifrost_pipeline.destinations.base", "bifrost_pipeline.destinations.local"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib import import_module
 
@@ -23,13 +24,33 @@ _MODULES = {
 
 
 @cache
-def registry() -> dict[str, type[Destination]]:
-    out = {}
-    for kind, target in _MODULES.items():
-        module, _, cls = target.partition(":")
-        out[kind] = getattr(import_module(module), cls)
-    return out
-
-
 def destination_class(kind: str) -> type[Destination]:
-    return registry()[kind]
+    """The class of `kind`, importing its module (only this one); KeyError for an unknown kind."""
+    module, _, cls = _MODULES[kind].partition(":")
+    return getattr(import_module(module), cls)
+
+
+class _Registry(Mapping[str, type[Destination]]):
+    """type -> Destination class; listing the kinds imports nothing, looking one up imports its module.
+
+    So loading a config imports the modules of the destinations its exports use, not all of them.
+    """
+
+    def __getitem__(self, kind: str) -> type[Destination]:
+        return destination_class(kind)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in _MODULES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MODULES)
+
+    def __len__(self) -> int:
+        return len(_MODULES)
+
+
+_REGISTRY = _Registry()
+
+
+def registry() -> Mapping[str, type[Destination]]:
+    return _REGISTRY

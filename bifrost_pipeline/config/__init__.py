@@ -1,0 +1,96 @@
+"""The configuration file: parsed, checked and typed once, at the edge.
+
+One file, in the spirit of Bifrost's ``config.json`` (JSON or YAML): ``log_exports`` (the log export
+format of Bifrost's docs), ``client`` (logging headers, required headers, Prometheus labels, content
+logging), ``providers`` and ``proxy`` (the ingestion proxy), ``landing`` (where segments land) and
+``pipeline`` (where the pipeline keeps its data). Its path comes from ``BIFROST_PIPELINE_CONFIG``,
+default ``bifrost_pipeline.yaml`` in the working directory.
+
+- ``loading``: decoding, ``${VAR}`` substitution, checking, and reporting every problem with its path;
+- ``exports``: the ``log_exports`` section (schedule, filters, transformations, data, destination);
+- ``proxy``: ``client``, ``providers`` and ``proxy``;
+- ``app``: ``landing``, ``pipeline`` and ``AppConfig``, the whole file with the paths it names.
+
+Import from here (``from bifrost_pipeline.config import AppConfig``); the modules are the layout.
+"""
+
+from bifrost_pipeline.config.app import AppConfig, LandingConfig, PipelineConfig
+from bifrost_pipeline.config.base import Strict
+from bifrost_pipeline.config.exports import (
+    AGGREGATE_METRICS,
+    COMPRESSIONS,
+    DATASETS,
+    DATE_RANGES,
+    FORMATS,
+    RECORD_DATASETS,
+    TIME_GROUPS,
+    TRANSFORMATION_TYPES,
+    WEEKDAYS,
+    Aggregate,
+    Anonymize,
+    DataConfig,
+    DateRange,
+    DestinationSpec,
+    Enrich,
+    ExportConfig,
+    Filters,
+    LoadContext,
+    LogExports,
+    Schedule,
+    Transformation,
+)
+from bifrost_pipeline.config.loading import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    EXPORT_VARIABLES,
+    ConfigError,
+    config_path,
+    decode,
+    format_path,
+    load_config,
+    parse_config,
+    substitute_env,
+)
+from bifrost_pipeline.config.proxy import ClientConfig, ModelPrice, ProviderConfig, ProxyConfig
+
+__all__ = [
+    "AGGREGATE_METRICS",
+    "COMPRESSIONS",
+    "CONFIG_ENV",
+    "DATASETS",
+    "DATE_RANGES",
+    "DEFAULT_CONFIG_PATH",
+    "EXPORT_VARIABLES",
+    "FORMATS",
+    "RECORD_DATASETS",
+    "TIME_GROUPS",
+    "TRANSFORMATION_TYPES",
+    "WEEKDAYS",
+    "Aggregate",
+    "Anonymize",
+    "AppConfig",
+    "ClientConfig",
+    "ConfigError",
+    "DataConfig",
+    "DateRange",
+    "DestinationSpec",
+    "Enrich",
+    "ExportConfig",
+    "Filters",
+    "LandingConfig",
+    "LoadContext",
+    "LogExports",
+    "ModelPrice",
+    "PipelineConfig",
+    "ProviderConfig",
+    "ProxyConfig",
+    "Schedule",
+    "Strict",
+    "Transformation",
+    "config_path",
+    "decode",
+    "format_path",
+    "load_config",
+    "parse_config",
+    "substitute_env",
+]

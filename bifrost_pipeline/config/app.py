@@ -1,0 +1,101 @@
+"""The whole config file (`AppConfig`), with its `landing` and `pipeline` sections and the paths they name."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from bifrost_pipeline.config.base import Strict
+from bifrost_pipeline.config.exports import ExportConfig, LogExports
+from bifrost_pipeline.config.proxy import ClientConfig, ProviderConfig, ProxyConfig
+
+
+class LandingConfig(Strict):
+    # A local directory, or an fsspec URL (s3://bucket/landing, gs://..., az://container/...) when the
+    # proxy and the pipeline run on different machines.
+    path: str = ".bifrost/landing"
+    # For a URL: fsspec options of that store (credentials as ${VAR}), e.g. {endpoint_url: ..., key: ...}.
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    # For a URL: the local directory the proxy writes to before `bifrost-pipeline upload-landing` ships its
+    # segments, and where the pipeline mirrors a day before validating it. Default <data_dir>/landing_local.
+    local_path: str | None = None
+
+
+class PipelineConfig(Strict):
+    data_dir: str = ".bifrost"
+    start_date: date = date(2024, 1, 1)
+    warehouse: str | None = None  # DuckDB file of the embedded warehouse; default <data_dir>/warehouse.duckdb
+    quarantine_max_share: Annotated[float, Field(ge=0, le=1)] = 0.01
+    duckdb_memory_limit: str = "1GB"
+    sensor_interval_s: Annotated[int, Field(ge=5)] = 30
+    # A failed export step (raw day missing or stale, store unreachable) is retried with backoff.
+    export_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    export_retry_delay_s: Annotated[float, Field(ge=0)] = 30.0
+
+
+class AppConfig(Strict):
+    log_exports: LogExports = Field(default_factory=LogExports)
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    landing: LandingConfig = Field(default_factory=LandingConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    # Where relative paths are resolved from: the config file's directory.
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @property
+    def exports(self) -> list[ExportConfig]:
+        """The enabled exports."""
+        if not self.log_exports.enabled:
+            return []
+        return [e for e in self.log_exports.exports if e.enabled]
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve(self.pipeline.data_dir)
+
+    @property
+    def landing_is_remote(self) -> bool:
+        return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", self.landing.path) is not None
+
+    @property
+    def landing_root(self) -> str | Path:
+        """Where segments land: a local Path, or the fsspec URL of an object-store landing zone."""
+        return self.landing.path.rstrip("/") if self.landing_is_remote else self.resolve(self.landing.path)
+
+    @property
+    def landing_dir(self) -> Path:
+        """The local landing directory: the landing zone itself, or the local side of a remote one."""
+        if not self.landing_is_remote:
+            return self.resolve(self.landing.path)
+        return self.resolve(self.landing.local_path) if self.landing.local_path else self.data_dir / "landing_local"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw_logs"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.resolve(self.pipeline.warehouse) if self.pipeline.warehouse else self.data_dir / "warehouse.duckdb"
+
+    def export(self, name: str) -> ExportConfig:
+        for e in self.exports:
+            if e.name == name:
+                return e
+        raise KeyError(name)
