@@ -16,7 +16,7 @@ from bifrost_pipeline.defs.sensors import build_sensor_defs
 def build_definitions(app: AppConfig, path: str) -> dg.Definitions:
     built = [build_raw_defs(app), *(build_export_defs(app, export) for export in app.exports)]
     jobs = {job.name: job for defs in built for job in defs.jobs or []}
-    return dg.Definitions.merge(*built, build_sensor_defs(app, jobs), build_resources(str(path)))
+    return dg.Definitions.merge(*built, build_sensor_defs(app, jobs), build_resources(path))
 
 
 @dg.definitions
