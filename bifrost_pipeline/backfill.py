@@ -19,7 +19,7 @@ from bifrost_pipeline.config import AppConfig, ExportConfig
 def export_partitions_for_days(app: AppConfig, export: ExportConfig, days: list[date], now: datetime) -> list[str]:
     """Partitions of `export` whose window overlaps the given UTC days and has ended by `now`."""
     from bifrost_pipeline.defs.partitions import export_partitions, overlapping_partitions
-    from bifrost_pipeline.exports import partition_window
+    from bifrost_pipeline.windows import partition_window
 
     first = datetime(days[0].year, days[0].month, days[0].day, tzinfo=UTC)
     last = datetime(days[-1].year, days[-1].month, days[-1].day, tzinfo=UTC) + timedelta(days=1)
@@ -31,9 +31,8 @@ def backfill(app: AppConfig, config_file: Path, days: list[date], *, say: Callab
     import dagster as dg
 
     from bifrost_pipeline.definitions import build_definitions
-    from bifrost_pipeline.defs.raw import QUARANTINE, RAW
-    from bifrost_pipeline.defs.sensors import RAW_JOB
-    from bifrost_pipeline.exports import partition_window, utc_days
+    from bifrost_pipeline.defs.raw import QUARANTINE, RAW, RAW_JOB
+    from bifrost_pipeline.windows import partition_window, utc_days
 
     os.environ.setdefault("DAGSTER_HOME", str(config_file.parent))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)

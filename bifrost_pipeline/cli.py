@@ -8,7 +8,7 @@ import sys
 
 def _validate_config(args: argparse.Namespace) -> int:
     from bifrost_pipeline.config import ConfigError, config_path, load_config
-    from bifrost_pipeline.exports import partition_window
+    from bifrost_pipeline.windows import partition_window
 
     path = config_path(args.path)
     try:

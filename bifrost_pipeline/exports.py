@@ -12,9 +12,8 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -27,7 +26,6 @@ from bifrost_pipeline.config import (
     AppConfig,
     Enrich,
     ExportConfig,
-    Schedule,
 )
 from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.base import (
@@ -43,6 +41,7 @@ from bifrost_pipeline.transforms.anonymize import anonymize
 from bifrost_pipeline.transforms.enrich import enrich
 from bifrost_pipeline.transforms.filters import filter_records
 from bifrost_pipeline.validation import raw_path
+from bifrost_pipeline.windows import partition_window, utc_days
 
 EXPORT_VERSION = f"{__version__}+schema.{records.SCHEMA_VERSION}"
 EXTENSIONS = {"parquet": "parquet", "json": "ndjson", "csv": "csv"}
@@ -54,43 +53,6 @@ TEXT_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"
 
 class MissingRawData(RuntimeError):
     pass
-
-
-# --- partition windows ----------------------------------------------------------------------------------
-
-
-def _local_midnight(d: date, tz: ZoneInfo) -> datetime:
-    return datetime(d.year, d.month, d.day, tzinfo=tz)
-
-
-def _add_months(d: date, months: int) -> date:
-    y, m = divmod(d.month - 1 + months, 12)
-    return date(d.year + y, m + 1, d.day)
-
-
-def partition_window(schedule: Schedule, partition_key: str) -> tuple[datetime, datetime]:
-    """[start, end) of a partition, in the schedule's time zone (keys are the window's first local day).
-
-    daily: one local day. weekly: seven local days starting on the schedule's weekday. monthly: from the
-    schedule's day of one month to the same day of the next. The run at the schedule's time exports the
-    window that ended most recently (see defs/exports.py).
-    """
-    tz = ZoneInfo(schedule.timezone)
-    first = date.fromisoformat(partition_key)
-    if schedule.frequency == "daily":
-        last = first + timedelta(days=1)
-    elif schedule.frequency == "weekly":
-        last = first + timedelta(days=7)
-    else:
-        last = _add_months(first, 1)
-    return _local_midnight(first, tz), _local_midnight(last, tz)
-
-
-def utc_days(start: datetime, end: datetime) -> list[date]:
-    """The UTC days (raw_logs partitions) that overlap [start, end)."""
-    first = start.astimezone(UTC).date()
-    last = (end.astimezone(UTC) - timedelta(microseconds=1)).date()
-    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
 # --- staging ----------------------------------------------------------------------------------------------

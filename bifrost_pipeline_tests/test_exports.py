@@ -12,9 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bifrost_pipeline import validation
-from bifrost_pipeline.config import Schedule
 from bifrost_pipeline.defs.partitions import export_partitions
-from bifrost_pipeline.exports import MissingRawData, partition_window, run_export, utc_days
+from bifrost_pipeline.exports import MissingRawData, run_export
 from bifrost_pipeline_tests.helpers import DAY, land, make_app, record, utc
 
 FORMATS = [
@@ -137,27 +136,6 @@ def test_a_time_zone_window_reads_two_utc_days_exactly(tmp_path):
     assert run.raw_days == [date(2024, 1, 15), date(2024, 1, 16)]
     out = pl.read_parquet(tmp_path / "data" / "out" / "e" / "2024" / "01" / "15" / "request_logs.parquet")
     assert sorted(out["request_id"]) == ["first", "last"]
-
-
-@pytest.mark.parametrize(
-    "schedule, key, start, end",
-    [
-        (Schedule(frequency="daily"), "2024-03-10", utc(2024, 3, 10), utc(2024, 3, 11)),
-        (Schedule(frequency="daily", timezone="America/New_York"), "2024-03-10", utc(2024, 3, 10, 5), utc(2024, 3, 11, 4)),
-        (Schedule(frequency="weekly", day="sunday", timezone="Europe/Paris"), "2024-03-24", utc(2024, 3, 23, 23), utc(2024, 3, 30, 23)),
-        (Schedule(frequency="weekly", day="sunday", timezone="Europe/Paris"), "2024-03-31", utc(2024, 3, 30, 23), utc(2024, 4, 6, 22)),
-        (Schedule(frequency="monthly", day=1, timezone="UTC"), "2024-02-01", utc(2024, 2, 1), utc(2024, 3, 1)),
-        (Schedule(frequency="monthly", day=15, timezone="Asia/Kolkata"), "2024-01-15", utc(2024, 1, 14, 18, 30), utc(2024, 2, 14, 18, 30)),
-    ],
-)
-def test_windows_are_exact_in_the_time_zone_and_agree_with_dagster(tmp_path, schedule, key, start, end):
-    w_start, w_end = partition_window(schedule, key)
-    assert (w_start, w_end) == (start, end)
-    app = make_app(tmp_path)
-    entry_like = type("E", (), {"schedule": schedule})()
-    window = export_partitions(app, entry_like).time_window_for_partition_key(key)
-    assert (window.start, window.end) == (start, end)
-    assert utc_days(start, end)[0] == start.date()
 
 
 def test_schedule_ticks_request_the_window_that_just_ended(tmp_path):

@@ -131,9 +131,9 @@ def test_a_configured_remote_landing_zone_feeds_validation_and_the_sensor_state(
     landing.write_segment(proxy_side.landing_dir, lines, datetime(2024, 1, 15, 10, tzinfo=UTC))
     landing.upload_segments(proxy_side.landing_dir, str(proxy_side.landing_root), opts)
 
-    assert landing_state(pipeline_side, DAY)[0] == 1  # the sensor sees the remote segment
+    assert landing_state(pipeline_side, DAY).segments == 1  # the sensor sees the remote segment
     result = validation.validate_day(pipeline_side, DAY)
     assert (result.valid_rows, result.quarantined_rows) == (3, 1)
     assert pl.read_parquet(result.quarantine_path)["line"].to_list() == [4]
     # the recorded state equals the remote listing, so the sensor will not ask for this day again
-    assert (result.segments, result.newest_segment_mtime) == landing_state(pipeline_side, DAY)
+    assert landing.LandingState(result.segments, result.newest_segment_mtime) == landing_state(pipeline_side, DAY)

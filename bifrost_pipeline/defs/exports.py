@@ -1,17 +1,27 @@
 """One asset, one job and one schedule per enabled entry of `log_exports.exports`."""
 
-
 from datetime import date
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from bifrost_pipeline.config import AppConfig, ExportConfig
 from bifrost_pipeline.defs.partitions import export_partitions
-from bifrost_pipeline.defs.raw import RAW, describe_state, landing_state, recorded_landing_state
-from bifrost_pipeline.defs.resources import PipelineConfig
+from bifrost_pipeline.defs.raw import RAW, landing_state, recorded_landing_state
+from bifrost_pipeline.defs.resources import PipelineResource
 from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.base import DestinationError
-from bifrost_pipeline.exports import partition_window, run_export, utc_days
+from bifrost_pipeline.exports import run_export
+from bifrost_pipeline.windows import partition_window, utc_days
+
+if TYPE_CHECKING:
+    # what dg.define_asset_job and build_schedule_from_partitioned_job return for asset jobs; Dagster does
+    # not export these types under a public name. (No `from __future__ import annotations` in this module:
+    # Dagster reads the asset functions' annotations at definition time.)
+    from dagster._core.definitions.partitions.partitioned_schedule import (
+        UnresolvedPartitionedAssetScheduleDefinition,
+    )
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 WAREHOUSE_KINDS = {"duckdb", "snowflake", "bigquery", "redshift", "sql"}
 
@@ -28,10 +38,10 @@ def check_raw_ready(instance: dg.DagsterInstance, app: AppConfig, days: list[dat
         landed = landing_state(app, day)
         if recorded is None:
             problems.append(f"raw_logs {day} has never been materialized")
-        elif landed[0] != recorded[0] or landed[1] > recorded[1]:
+        elif landed.is_newer_than(recorded):
             problems.append(
-                f"raw_logs {day} is older than the landing zone (read {describe_state(recorded)}, "
-                f"now {describe_state(landed)})"
+                f"raw_logs {day} is older than the landing zone (read {recorded.describe()}, "
+                f"now {landed.describe()})"
             )
     if problems:
         raise dg.Failure(
@@ -78,7 +88,7 @@ def build_export_asset(app: AppConfig, export: ExportConfig) -> dg.AssetsDefinit
         op_tags=tags,
         metadata={"destination": destination.describe(), "format": export.data.format},
     )
-    def _export(context: dg.AssetExecutionContext, pipeline: PipelineConfig) -> dg.MaterializeResult:
+    def _export(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
         app_cfg = pipeline.app()
         cfg = app_cfg.export(export.name)
         start, end = partition_window(cfg.schedule, context.partition_key)
@@ -107,7 +117,9 @@ def build_export_asset(app: AppConfig, export: ExportConfig) -> dg.AssetsDefinit
     return _export
 
 
-def build_export_job_and_schedule(app: AppConfig, export: ExportConfig):
+def build_export_job_and_schedule(
+    app: AppConfig, export: ExportConfig
+) -> tuple["UnresolvedAssetJobDefinition", "UnresolvedPartitionedAssetScheduleDefinition"]:
     job = dg.define_asset_job(
         job_name(export),
         selection=dg.AssetSelection.assets(export.asset_name),
@@ -125,3 +137,9 @@ def build_export_job_and_schedule(app: AppConfig, export: ExportConfig):
         description=f"{s.frequency} at {s.time} {s.timezone}: exports the window that ended most recently.",
     )
     return job, schedule
+
+
+def build_export_defs(app: AppConfig, export: ExportConfig) -> dg.Definitions:
+    """One export entry: its asset, its job and its schedule."""
+    job, schedule = build_export_job_and_schedule(app, export)
+    return dg.Definitions(assets=[build_export_asset(app, export)], jobs=[job], schedules=[schedule])

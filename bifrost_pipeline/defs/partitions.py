@@ -6,7 +6,8 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from bifrost_pipeline.config import AppConfig, ExportConfig
+from bifrost_pipeline.config import AppConfig, ExportConfig, Schedule
+from bifrost_pipeline.windows import partition_window
 
 
 def raw_partitions(app: AppConfig) -> dg.DailyPartitionsDefinition:
@@ -28,11 +29,9 @@ def export_partitions(app: AppConfig, export: ExportConfig) -> dg.TimeWindowPart
 
 
 def overlapping_partitions(
-    partitions: dg.TimeWindowPartitionsDefinition, schedule, start: datetime, end: datetime
+    partitions: dg.TimeWindowPartitionsDefinition, schedule: Schedule, start: datetime, end: datetime
 ) -> list[str]:
     """Keys of the partitions whose window overlaps [start, end) (not only those inside it)."""
-    from bifrost_pipeline.exports import partition_window
-
     # A window is at most a month long: widen the search by that, then keep the true overlaps.
     wide = dg.TimeWindow(start - timedelta(days=32), end + timedelta(days=32))
     out = []

@@ -1,21 +1,32 @@
-"""landing_zone (external) -> raw_logs + quarantine, one UTC day per partition, with their checks."""
+"""landing_zone (external) -> raw_logs + quarantine, one UTC day per partition, with their checks, job and
+daily schedule."""
 
-
-import json
 from datetime import date
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import polars as pl
 
-from bifrost_pipeline import records
+from bifrost_pipeline import landing
 from bifrost_pipeline.config import AppConfig
 from bifrost_pipeline.defs.partitions import raw_partitions
-from bifrost_pipeline.defs.resources import PipelineConfig
+from bifrost_pipeline.defs.resources import PipelineResource
+from bifrost_pipeline.landing import LandingState
+from bifrost_pipeline.raw_checks import raw_day_stats, schema_failures
 from bifrost_pipeline.validation import DayResult, validate_day
+
+if TYPE_CHECKING:
+    # what dg.define_asset_job and build_schedule_from_partitioned_job return for asset jobs; Dagster does
+    # not export these types under a public name. (No `from __future__ import annotations` in this module:
+    # Dagster reads the asset functions' annotations at definition time.)
+    from dagster._core.definitions.partitions.partitioned_schedule import (
+        UnresolvedPartitionedAssetScheduleDefinition,
+    )
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 LANDING = dg.AssetKey("landing_zone")
 RAW = dg.AssetKey("raw_logs")
 QUARANTINE = dg.AssetKey("quarantine")
+RAW_JOB = "raw_logs_job"
 
 CHECK_UNIQUE = "unique_request_id"
 CHECK_IN_PARTITION = "timestamps_in_partition"
@@ -51,35 +62,28 @@ def day_metadata(result: DayResult) -> dict:
 
 
 def _checks(app: AppConfig, day: date, result: DayResult) -> list[dg.AssetCheckResult]:
-    lf = pl.scan_parquet(result.raw_path)
-    stats = lf.select(
-        pl.len().alias("rows"),
-        pl.col("request_id").n_unique().alias("unique_ids"),
-        (pl.col("timestamp").dt.date() != pl.lit(day)).sum().alias("outside"),
-    ).collect()
-    rows, unique_ids, outside = stats.row(0)
-    duplicates = rows - unique_ids
-    schema_errors = _schema_errors(result)
+    stats = raw_day_stats(result.raw_path, day)
+    failures = schema_failures(result.raw_path)
     share = result.quarantine_share
     limit = app.pipeline.quarantine_max_share
     return [
         dg.AssetCheckResult(
             asset_key=RAW,
             check_name=CHECK_UNIQUE,
-            passed=duplicates == 0,
-            metadata={"duplicate_rows": int(duplicates)},
+            passed=stats.duplicate_request_ids == 0,
+            metadata={"duplicate_rows": stats.duplicate_request_ids},
         ),
         dg.AssetCheckResult(
             asset_key=RAW,
             check_name=CHECK_IN_PARTITION,
-            passed=outside == 0,
-            metadata={"rows_outside_day": int(outside)},
+            passed=stats.rows_outside_day == 0,
+            metadata={"rows_outside_day": stats.rows_outside_day},
         ),
         dg.AssetCheckResult(
             asset_key=RAW,
             check_name=CHECK_SCHEMA,
-            passed=not schema_errors,
-            metadata={"failures": dg.MetadataValue.json(schema_errors[:20])},
+            passed=not failures,
+            metadata={"failures": dg.MetadataValue.json(failures)},
         ),
         dg.AssetCheckResult(
             asset_key=RAW,
@@ -89,27 +93,6 @@ def _checks(app: AppConfig, day: date, result: DayResult) -> list[dg.AssetCheckR
             metadata={"quarantine_share": float(round(share, 6)), "threshold": float(limit)},
         ),
     ]
-
-
-def _schema_errors(result: DayResult) -> list[dict]:
-    """Validate the written Parquet against the pandera schema derived from schemas/, row group by row group."""
-    import pandera.errors
-    import pyarrow.parquet as pq
-
-    schema = records.pandera_schema()
-    failures: list[dict] = []
-    for part in sorted(result.raw_path.glob("*.parquet")):
-        pf = pq.ParquetFile(part)
-        for i in range(pf.num_row_groups):
-            frame = pl.from_arrow(pf.read_row_group(i))
-            try:
-                schema.validate(frame, lazy=True)
-            except pandera.errors.SchemaErrors as err:
-                cases = err.failure_cases.head(20).to_dicts()
-                failures.extend({k: str(v) for k, v in c.items()} for c in cases)
-            if len(failures) >= 20:
-                return failures
-    return failures
 
 
 def build_raw_assets(app: AppConfig) -> dg.AssetsDefinition:
@@ -149,7 +132,7 @@ def build_raw_assets(app: AppConfig) -> dg.AssetsDefinition:
         partitions_def=partitions,
         op_tags={"bifrost/stage": "validate"},
     )
-    def validate_landed_day(context: dg.AssetExecutionContext, pipeline: PipelineConfig):
+    def validate_landed_day(context: dg.AssetExecutionContext, pipeline: PipelineResource):
         app_cfg = pipeline.app()
         day = date.fromisoformat(context.partition_key)
         result = validate_day(app_cfg, day)
@@ -179,8 +162,34 @@ def build_raw_assets(app: AppConfig) -> dg.AssetsDefinition:
     return validate_landed_day
 
 
-def recorded_landing_state(instance: dg.DagsterInstance, day: str) -> tuple[int, float] | None:
-    """(segments, newest segment mtime) that the latest raw_logs materialization of `day` had read."""
+def build_raw_job(app: AppConfig) -> "UnresolvedAssetJobDefinition":
+    return dg.define_asset_job(
+        RAW_JOB, selection=dg.AssetSelection.assets(RAW, QUARANTINE), partitions_def=raw_partitions(app)
+    )
+
+
+def build_raw_schedule(raw_job: "UnresolvedAssetJobDefinition") -> "UnresolvedPartitionedAssetScheduleDefinition":
+    # Closes each UTC day even when no segment arrives after midnight (an empty day still gets its
+    # partition, so the exports that cover it can run).
+    return dg.build_schedule_from_partitioned_job(
+        raw_job,
+        name="raw_logs_daily_schedule",
+        hour_of_day=0,
+        minute_of_hour=10,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+
+
+def build_raw_defs(app: AppConfig) -> dg.Definitions:
+    """The landing zone (external), raw_logs + quarantine with their checks, their job and daily schedule."""
+    job = build_raw_job(app)
+    return dg.Definitions(
+        assets=[landing_spec(app), build_raw_assets(app)], jobs=[job], schedules=[build_raw_schedule(job)]
+    )
+
+
+def recorded_landing_state(instance: dg.DagsterInstance, day: str) -> LandingState | None:
+    """The landing state that the latest raw_logs materialization of `day` had read (None: never built)."""
     result = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=RAW, asset_partitions=[day]), limit=1
     )
@@ -191,15 +200,9 @@ def recorded_landing_state(instance: dg.DagsterInstance, day: str) -> tuple[int,
     newest = meta.get("newest_segment_mtime")
     if segments is None or newest is None:
         return None
-    return int(segments.value), float(newest.value)
+    return LandingState(int(segments.value), float(newest.value))
 
 
-def landing_state(app: AppConfig, day: date) -> tuple[int, float]:
-    from bifrost_pipeline import landing
-
-    segs = landing.list_segments(app.landing_root, day, app.landing.storage_options)
-    return len(segs), max((s.mtime for s in segs), default=0.0)
-
-
-def describe_state(state: tuple[int, float] | None) -> str:
-    return json.dumps({"segments": state[0], "newest_mtime": state[1]}) if state else "never"
+def landing_state(app: AppConfig, day: date) -> LandingState:
+    """What the landing zone holds for `day` now."""
+    return LandingState.of(landing.list_segments(app.landing_root, day, app.landing.storage_options))

@@ -1,18 +1,24 @@
 """Sensors: new segments -> raw_logs; a re-materialized raw day -> the exports already made from it."""
 
+from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from bifrost_pipeline import landing
-from bifrost_pipeline.config import AppConfig
+from bifrost_pipeline.config import AppConfig, ExportConfig
 from bifrost_pipeline.defs.exports import job_name
 from bifrost_pipeline.defs.partitions import export_partitions, overlapping_partitions, raw_partitions
-from bifrost_pipeline.defs.raw import RAW, landing_state, recorded_landing_state
+from bifrost_pipeline.defs.raw import RAW, RAW_JOB, landing_state, recorded_landing_state
 
-RAW_JOB = "raw_logs_job"
+if TYPE_CHECKING:
+    # what dg.define_asset_job returns; Dagster does not export its type under a public name
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
 # How far back the landing sensor looks for days that changed: late segments older than this need a
 # manual backfill (listing years of landing days every 30 s would not scale).
 LOOKBACK_DAYS = 35
@@ -32,23 +38,24 @@ def build_landing_sensor(app: AppConfig) -> dg.SensorDefinition:
     def landing_sensor(context: dg.SensorEvaluationContext):
         requested: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
         valid_keys = set(partitions.get_partition_keys(dynamic_partitions_store=context.instance))
-        today = date.today()
+        today = datetime.now(UTC).date()  # partitions are UTC days, whatever the machine's time zone
         requests = []
         for day in landing.days(app.landing_root, app.landing.storage_options):
             key = day.isoformat()
             if day < today - timedelta(days=LOOKBACK_DAYS) or key not in valid_keys:
                 continue
             state = landing_state(app, day)
-            if state[0] == 0:
+            if state.segments == 0:
                 continue
             recorded = recorded_landing_state(context.instance, key)
-            if recorded is not None and recorded[0] == state[0] and recorded[1] >= state[1]:
+            if recorded is not None and not state.is_newer_than(recorded):
                 continue
-            if requested.get(key) == list(state):
+            seen = [state.segments, state.newest_mtime]
+            if requested.get(key) == seen:
                 continue  # already asked for this exact state; its run may still be going
-            requested[key] = list(state)
+            requested[key] = seen
             requests.append(
-                dg.RunRequest(partition_key=key, run_key=f"raw:{key}:{state[0]}:{state[1]:.6f}")
+                dg.RunRequest(partition_key=key, run_key=f"raw:{key}:{state.segments}:{state.newest_mtime:.6f}")
             )
             if len(requests) >= MAX_REQUESTS_PER_TICK:
                 break
@@ -62,7 +69,7 @@ def build_landing_sensor(app: AppConfig) -> dg.SensorDefinition:
     return landing_sensor
 
 
-def build_reexport_sensor(app: AppConfig, export_jobs: list) -> dg.SensorDefinition:
+def build_reexport_sensor(app: AppConfig, export_jobs: list[UnresolvedAssetJobDefinition]) -> dg.SensorDefinition:
     exports = app.exports
 
     @dg.sensor(
@@ -99,7 +106,9 @@ def build_reexport_sensor(app: AppConfig, export_jobs: list) -> dg.SensorDefinit
     return raw_logs_updated_sensor
 
 
-def _reexports(instance, app: AppConfig, export, day: date, raw_record) -> list[dg.RunRequest]:
+def _reexports(
+    instance: dg.DagsterInstance, app: AppConfig, export: ExportConfig, day: date, raw_record: dg.EventLogRecord
+) -> list[dg.RunRequest]:
     partitions = export_partitions(app, export)
     day_start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     window = dg.TimeWindow(day_start, day_start + timedelta(days=1))
@@ -119,3 +128,12 @@ def _reexports(instance, app: AppConfig, export, day: date, raw_record) -> list[
             )
         )
     return out
+
+
+def build_sensor_defs(app: AppConfig, jobs: Mapping[str, UnresolvedAssetJobDefinition]) -> dg.Definitions:
+    """Both sensors, given the code location's jobs by name (the re-export sensor takes each export's job;
+    the landing sensor names the raw job)."""
+    sensors = [build_landing_sensor(app)]
+    if app.exports:
+        sensors.append(build_reexport_sensor(app, [jobs[job_name(e)] for e in app.exports]))
+    return dg.Definitions(sensors=sensors)

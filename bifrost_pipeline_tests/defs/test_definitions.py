@@ -1,6 +1,7 @@
 import json
 import os
-from datetime import date
+import time
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import polars as pl
@@ -9,8 +10,8 @@ import yaml
 
 from bifrost_pipeline.config import load_config
 from bifrost_pipeline.definitions import build_definitions
-from bifrost_pipeline.defs.raw import QUARANTINE, RAW
-from bifrost_pipeline.defs.sensors import RAW_JOB
+from bifrost_pipeline.defs.raw import QUARANTINE, RAW, RAW_JOB
+from bifrost_pipeline.defs.sensors import LOOKBACK_DAYS
 from bifrost_pipeline_tests.helpers import HASH_KEY, land, record
 
 EXPORTS = [
@@ -130,7 +131,7 @@ def test_paris_weekly_reads_the_utc_days_its_window_covers(setup):
 def test_landing_sensor_requests_changed_days_once(setup):
     app, defs, instance = setup
     sensor = defs.resolve_sensor_def("landing_sensor")
-    today = date.today()
+    today = datetime.now(UTC).date()
     land(app, [record(request_id="x", timestamp=f"{today.isoformat()}T00:00:01Z")])
     with dg.build_sensor_context(instance=instance, definitions=defs) as ctx:
         first = sensor.evaluate_tick(ctx)
@@ -145,6 +146,30 @@ def test_landing_sensor_requests_changed_days_once(setup):
         again = sensor.evaluate_tick(ctx)
     assert [r.partition_key for r in again.run_requests] == [today.isoformat()]
     assert again.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+@pytest.fixture
+def local_date_is_not_the_utc_date(monkeypatch):
+    """Puts this process in a time zone where today's local date is not the UTC date (whatever the hour)."""
+    # Etc/GMT-14 is UTC+14: a day ahead from 10:00 UTC; Etc/GMT+12 is UTC-12: a day behind until 12:00 UTC.
+    zone = "Etc/GMT-14" if datetime.now(UTC).hour >= 12 else "Etc/GMT+12"
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    assert date.today() != datetime.now(UTC).date()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_landing_sensor_looks_back_from_the_utc_date_on_any_machine(setup, local_date_is_not_the_utc_date):
+    app, defs, instance = setup
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    oldest = datetime.now(UTC).date() - timedelta(days=LOOKBACK_DAYS)  # the last day still looked at
+    for day in (oldest, oldest - timedelta(days=1)):
+        land(app, [record(request_id=f"r{day}", timestamp=f"{day.isoformat()}T12:00:00Z")])
+    with dg.build_sensor_context(instance=instance, definitions=defs) as ctx:
+        tick = sensor.evaluate_tick(ctx)
+    assert [r.partition_key for r in tick.run_requests] == [oldest.isoformat()]
 
 
 def test_reexport_sensor_reruns_exports_made_from_an_older_raw(setup):

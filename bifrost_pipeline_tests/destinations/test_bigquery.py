@@ -200,7 +200,7 @@ def test_the_seed_weekly_bigquery_export_materializes_into_bigquery(bq, tmp_path
 
     from bifrost_pipeline.config import load_config
     from bifrost_pipeline.definitions import build_definitions
-    from bifrost_pipeline.defs.sensors import RAW_JOB
+    from bifrost_pipeline.defs.raw import RAW_JOB
     from bifrost_pipeline_tests.helpers import HASH_KEY, land, record
 
     server, client = bq

@@ -261,7 +261,7 @@ def test_the_seed_daily_s3_export_materializes_into_s3(moto_s3, tmp_path, monkey
 
     from bifrost_pipeline.config import load_config
     from bifrost_pipeline.definitions import build_definitions
-    from bifrost_pipeline.defs.sensors import RAW_JOB
+    from bifrost_pipeline.defs.raw import RAW_JOB
     from bifrost_pipeline_tests.helpers import HASH_KEY, land, record
 
     seed = json.loads((Path(__file__).parents[1] / "data" / "seed_complete_example.json").read_text())

@@ -262,7 +262,7 @@ def materialize_daily(tmp_path: Path, entry: dict, monkeypatch, times: int = 2):
 
     from bifrost_pipeline.config import load_config
     from bifrost_pipeline.definitions import build_definitions
-    from bifrost_pipeline.defs.sensors import RAW_JOB
+    from bifrost_pipeline.defs.raw import RAW_JOB
     from bifrost_pipeline_tests.helpers import HASH_KEY, land
 
     path = tmp_path / "bifrost_pipeline.yaml"

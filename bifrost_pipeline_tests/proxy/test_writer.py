@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bifrost_pipeline import landing
+from bifrost_pipeline.landing import writer as segment_writer
 from bifrost_pipeline.proxy import writer as writer_mod
 from bifrost_pipeline.proxy.writer import LandingWriter, QueueFull
 
@@ -129,13 +130,13 @@ def test_recover_publishes_dead_writers_only(tmp_path):
 
 
 class FailingDisk:
-    """Stands in for ``landing._write_all`` (the one place segment bytes reach the disk): while ``full``, each
+    """Stands in for ``landing.writer._write_all`` (the one place segment bytes reach the disk): while ``full``, each
     write puts half its bytes in the file and then fails as a full disk does."""
 
     def __init__(self):
         self.full = False
         self.failures = 0
-        self._real = landing._write_all
+        self._real = segment_writer._write_all
 
     def __call__(self, fd: int, data: bytes) -> int:
         if self.full:
@@ -148,7 +149,7 @@ class FailingDisk:
 @pytest.fixture
 def disk(monkeypatch):
     fake = FailingDisk()
-    monkeypatch.setattr(landing, "_write_all", fake)
+    monkeypatch.setattr(segment_writer, "_write_all", fake)
     monkeypatch.setattr(writer_mod, "RETRY_INTERVAL_S", 0.05)
     return fake
 

@@ -1,0 +1,187 @@
+"""The atomic local writer: a segment is appended to under a hidden ``.part`` name and renamed into view
+when complete (see `layout`), so a reader never sees half of one.
+
+Standard library only: the proxy writes with it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bifrost_pipeline.landing.layout import PART_SUFFIX, hour_dir, new_segment_name
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentFile:
+    """One segment being written: append lines, then `publish()` renames it into view.
+
+    ``write_lines`` is all or nothing: if the disk refuses part of a call (full, I/O error), the file is cut
+    back to where the call began and the error is raised, so the caller can write the same lines again
+    later without leaving a torn line or a duplicate behind.
+    """
+
+    WRITE_CHUNK = 1024 * 1024  # lines are joined into writes of about this size
+
+    def __init__(self, root: Path, source: str, when: datetime):
+        self.directory = hour_dir(root, when)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.name = new_segment_name(source, when)
+        self.temp_path = self.directory / f".{self.name}{PART_SUFFIX}"
+        self.final_path = self.directory / self.name
+        self.opened_at = datetime.now(UTC)
+        self.bytes_written = 0
+        self.lines_written = 0
+        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def write_lines(self, lines: Iterable[bytes]) -> None:
+        start = self.bytes_written
+        written, count = 0, 0
+        chunk: list[bytes] = []
+        size = 0
+        try:
+            for line in lines:
+                if not line.endswith(b"\n"):
+                    line += b"\n"
+                chunk.append(line)
+                size += len(line)
+                count += 1
+                if size >= self.WRITE_CHUNK:
+                    written += _write_all(self._fd, b"".join(chunk))
+                    chunk, size = [], 0
+            if chunk:
+                written += _write_all(self._fd, b"".join(chunk))
+        except BaseException:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass  # the segment stays cut at a line boundary or not; recovery cuts at the last full line
+            raise
+        self.bytes_written = start + written
+        self.lines_written += count
+
+    def flush(self, durable: bool = True) -> None:
+        if durable:
+            os.fsync(self._fd)  # written straight to the file (no user-space buffer): only fsync is left
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def publish(self) -> Path | None:
+        """Fsync and rename into view. An empty segment is removed instead.
+
+        If it fails it can be called again: it goes on from the step that failed."""
+        if self._fd >= 0:
+            self.flush(durable=True)
+            os.close(self._fd)
+            self._fd = -1
+        if self.lines_written == 0:
+            self.temp_path.unlink(missing_ok=True)
+            return None
+        os.replace(self.temp_path, self.final_path)
+        _fsync_dir(self.directory)
+        return self.final_path
+
+    def discard(self) -> None:
+        """Remove the segment unpublished (a batch that must land whole or not at all)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.temp_path.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    return len(data)
+
+
+def write_segment(root: Path, lines: Iterable[bytes], when: datetime, source: str = "batch") -> Path | None:
+    """Write one complete segment atomically (used by intake, the demo and tests)."""
+    segment = SegmentFile(Path(root), source, when)
+    segment.write_lines(lines)
+    return segment.publish()
+
+
+
+class RotatingWriter:
+    """Open segments per UTC hour, rotated by size and age, published by rename.
+
+    Not thread-safe: one thread owns it (the proxy's background writer). ``write`` takes the record's own
+    UTC hour (``hour_key``, e.g. ``datetime(2026, 1, 2, 13, tzinfo=UTC)``) so that a record lands under the
+    hour of its timestamp even when it is written later.
+    """
+
+    def __init__(self, root: Path, source: str, *, max_bytes: int, max_age_s: float):
+        self.root = Path(root)
+        self.source = source
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.open: dict[datetime, SegmentFile] = {}
+        self.segments_published = 0
+        self.lines_published = 0
+
+    def write(self, hour_key: datetime, lines: list[bytes]) -> None:
+        """Append ``lines`` to the hour's open segment: all of them, or none if this raises."""
+        seg = self.open.get(hour_key)
+        if seg is not None and (seg.closed or seg.bytes_written >= self.max_bytes):
+            self._publish(hour_key)  # left over from a publish that failed: finish it first
+            seg = None
+        if seg is None:
+            seg = self.open[hour_key] = SegmentFile(self.root, self.source, hour_key)
+        seg.write_lines(lines)
+        if seg.bytes_written >= self.max_bytes:
+            try:
+                self._publish(hour_key)
+            except OSError:
+                pass  # the lines are written; the next write, rotation or close publishes it or raises
+
+    def flush(self, durable: bool = True) -> None:
+        for seg in self.open.values():
+            if not seg.closed:
+                seg.flush(durable=durable)
+
+    def rotate_expired(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        for key in [k for k, s in self.open.items() if (now - s.opened_at).total_seconds() >= self.max_age_s]:
+            self._publish(key)
+
+    def close(self) -> None:
+        """Publish every open segment; if some fail, the others are still published and the first error raised."""
+        first: OSError | None = None
+        for key in list(self.open):
+            try:
+                self._publish(key)
+            except OSError as err:
+                first = first or err
+        if first is not None:
+            raise first
+
+    def publish(self, hour_key: datetime) -> None:
+        """Publish the hour's open segment now (if any); its next write starts a new one."""
+        if hour_key in self.open:
+            self._publish(hour_key)
+
+    def _publish(self, key: datetime) -> None:
+        seg = self.open[key]
+        lines = seg.lines_written
+        path = seg.publish()  # if it raises, the segment stays open, to be published again later
+        del self.open[key]
+        if path is not None:
+            self.segments_published += 1
+            self.lines_published += lines
