@@ -14,9 +14,59 @@ import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 SCHEMA_VERSION = "1"
+
+
+class _RecordRequired(TypedDict):
+    """The keys `required` by the JSON Schema (the base of `LogRecord`)."""
+
+    schema_version: str
+    timestamp: str
+    request_id: str
+    customer_id: str
+    provider: str
+    model: str
+    endpoint: str
+    method: str
+    request_type: str
+    stream: bool
+    status: str
+    status_code: int
+    latency_ms: int
+
+
+# total=False on a subclass, not NotRequired[...]: with postponed annotations Python 3.11 does not see
+# NotRequired inside a TypedDict body.
+class LogRecord(_RecordRequired, total=False):
+    """The record as a Python type, for the code that builds one (the proxy, the OTLP intake).
+
+    It restates `schemas/log_record.schema.json` for type checkers only: a test compares its keys, which of
+    them are required, and their types with the JSON Schema, so the schema stays the one definition.
+    Timestamps are RFC 3339 text here; JSON-valued fields other than `metadata` are JSON text.
+    """
+
+    ended_at: str | None
+    parent_request_id: str | None
+    user_id: str | None
+    team_id: str | None
+    virtual_key_id: str | None
+    error_type: str | None
+    error_message: str | None
+    finish_reason: str | None
+    retries: int | None
+    fallback_index: int | None
+    time_to_first_token_ms: int | None
+    input_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+    cost_usd: float | None
+    metadata: dict[str, str] | None
+    input_content: str | None
+    output_content: str | None
 
 
 def schemas_dir() -> Path:

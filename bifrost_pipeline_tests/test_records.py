@@ -70,3 +70,20 @@ def test_proxy_side_module_imports_no_engine():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_log_record_type_matches_the_json_schema():
+    import types
+    import typing
+
+    schema = records.json_schema()
+    hints = typing.get_type_hints(records.LogRecord)
+    assert set(hints) == set(schema["properties"]), "LogRecord's keys differ from the schema's properties"
+    assert records.LogRecord.__required_keys__ == set(schema["required"])
+    json_types = {"string": str, "integer": int, "number": float, "boolean": bool, "object": dict, "null": type(None)}
+    for name, prop in schema["properties"].items():
+        declared = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+        hint = hints[name]
+        parts = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        found = {typing.get_origin(p) or p for p in parts}
+        assert found == {json_types[t] for t in declared}, f"LogRecord.{name}: {hint} vs schema type {declared}"

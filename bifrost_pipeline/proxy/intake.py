@@ -3,12 +3,14 @@
 Each record is validated with the JSON Schema itself (jsonschema, date-time formats checked), so the proxy
 never holds a second definition of the record. Valid records are landed (one segment per UTC hour, published
 before the answer); rejected ones are reported with their line (NDJSON) or index (array), the field path
-and the reason.
+and the reason. ``POST /v1/traces`` lands the records ``otlp`` makes of GenAI spans the same way
+(``land_spans``).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -19,6 +21,8 @@ import orjson
 
 from bifrost_pipeline import landing, records
 
+from . import otlp
+from .pricing import Pricing
 from .record import hour_key
 
 MAX_ERRORS_PER_RECORD = 5
@@ -124,3 +128,47 @@ def land_groups(root: Path, groups: dict[datetime, list[bytes]], source: str) ->
                 pass  # left as an empty or partial .part: the next start's recovery deals with it
         raise
     return [p for p in (segment.publish() for segment in segments) if p is not None]
+
+
+@dataclass
+class SpanBatch:
+    """What became of the spans of one ``/v1/traces`` request."""
+
+    groups: dict[datetime, list[bytes]] = field(default_factory=dict)  # records to land, by UTC hour
+    skipped: int = 0  # spans without GenAI attributes
+    rejected: int = 0  # GenAI spans that did not make a valid record
+    reasons: list[str] = field(default_factory=list)  # one per rejected span
+
+    @property
+    def landed(self) -> int:
+        return sum(len(v) for v in self.groups.values())
+
+
+def convert_spans(spans: list[dict], *, customer_id: str, content: bool, pricing: Pricing) -> SpanBatch:
+    """Records of the GenAI spans among ``spans``, each checked against the JSON Schema."""
+    batch = SpanBatch()
+    for span in spans:
+        if not otlp.is_genai(span):
+            batch.skipped += 1
+            continue
+        try:
+            if "error" in span:
+                raise ValueError(span["error"])
+            rec = otlp.span_to_record(span, customer_id=customer_id, content=content, pricing=pricing)
+            problems = check_record(rec)
+        except Exception as err:  # a span we cannot read is reported, not fatal
+            problems = [{"path": "(span)", "reason": str(err)}]
+        if problems:
+            batch.rejected += 1
+            batch.reasons.append(f"span {span['span_id']}: {problems[0]['path']}: {problems[0]['reason']}")
+            continue
+        batch.groups.setdefault(record_hour(rec), []).append(orjson.dumps(rec))
+    return batch
+
+
+def land_spans(root: Path, spans: list[dict], *, customer_id: str, content: bool, pricing: Pricing) -> SpanBatch:
+    """``convert_spans``, then land its records all or none (blocking: run it in a thread)."""
+    batch = convert_spans(spans, customer_id=customer_id, content=content, pricing=pricing)
+    if batch.groups:
+        land_groups(root, batch.groups, "otlp")
+    return batch

@@ -59,6 +59,7 @@ def custom_label_name(configured: str) -> str:
 
 
 class Metrics:
+    # __init__ is long on purpose: every metric is declared here, once, so one place lists them all.
     def __init__(self, custom_labels: list[str], max_label_values: int = 1000):
         self.registry = CollectorRegistry(auto_describe=True)
         # Values a client controls (custom labels, provider and model names) are capped per label: past

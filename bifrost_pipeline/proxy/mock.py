@@ -19,6 +19,7 @@ import base64
 import random
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -50,6 +51,40 @@ def _count_words(value: Any) -> int:
     return 0
 
 
+@dataclass(frozen=True, slots=True)
+class MockRequest:
+    """A request to one of the mock's endpoints and how it asks to be answered."""
+
+    path: str
+    json: dict  # the JSON body ({} for multipart or an empty body)
+    form: dict | None  # a multipart body's fields (the file as file_name and file_bytes)
+    model: str
+    words: list[str]  # the reply, word by word
+    stream: bool
+    include_usage: bool  # stream_options.include_usage
+    chunk_delay: float  # seconds between streamed chunks
+
+
+async def _lifespan(receive, send) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_all(receive) -> bytes:
+    body = b""
+    more = True
+    while more:
+        msg = await receive()
+        body += msg.get("body", b"")
+        more = msg.get("more_body", False)
+    return body
+
+
 class MockUpstream:
     def __init__(
         self,
@@ -66,28 +101,26 @@ class MockUpstream:
         self.requests: deque[dict] = deque(maxlen=keep)
         self.prefix = prefix
         self.count = 0
+        self.endpoints = {
+            "/v1/chat/completions": self._chat_endpoint,
+            "/v1/completions": self._completions_endpoint,
+            "/v1/responses": self._responses_endpoint,
+            "/v1/embeddings": self._embeddings_endpoint,
+            "/v1/audio/speech": self._speech_endpoint,
+            "/v1/audio/transcriptions": self._transcription_endpoint,
+        }
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await _lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         path = scope["path"]
         if self.prefix and path.startswith(self.prefix):
             path = path[len(self.prefix) :]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        body = b""
-        more = True
-        while more:
-            msg = await receive()
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
+        body = await _read_all(receive)
         if path == "/mock/requests":
             await self._json(send, 200, list(self.requests))
             return
@@ -97,8 +130,7 @@ class MockUpstream:
         self.count += 1
         parsed: Any = None
         form: dict | None = None
-        ctype = headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
+        if headers.get("content-type", "").startswith("multipart/form-data"):
             form = await self._form(scope, body)
         elif body:
             try:
@@ -107,7 +139,16 @@ class MockUpstream:
                 await self._error(send, 400, "mock: the body is not JSON")
                 return
         self.requests.append({"path": path, "headers": headers, "body": parsed if form is None else form})
+        if await self._delayed_failure(send, headers):
+            return
+        handler = self.endpoints.get(path)
+        if handler is None:
+            await self._error(send, 404, f"mock: no route {path}")
+            return
+        await handler(send, self._request(path, headers, parsed, form))
 
+    async def _delayed_failure(self, send, headers: dict[str, str]) -> bool:
+        """Wait as asked, then answer with the error asked for (or drawn by error_rate); True if it did."""
         delay = float(headers.get("x-mock-delay-ms", self.delay_ms))
         if delay > 0:
             await asyncio.sleep(delay / 1000)
@@ -116,101 +157,101 @@ class MockUpstream:
             status = 500
         if status >= 400:
             await self._error(send, status, f"mock error {status}")
-            return
+            return True
+        return False
+
+    @staticmethod
+    def _request(path: str, headers: dict[str, str], parsed: Any, form: dict | None) -> MockRequest:
         req = parsed if isinstance(parsed, dict) else {}
-        model = (form or req).get("model", "mock-gpt")
         n_words = int(headers.get("x-mock-chunks", 0) or 0) or len(WORDS)
         if isinstance(req.get("max_tokens"), int):
             n_words = min(n_words, max(1, req["max_tokens"]))
-        chunk_delay = float(headers.get("x-mock-chunk-delay-ms", 0) or 0) / 1000
-        words = [WORDS[i % len(WORDS)] for i in range(n_words)]
-        stream = bool(req.get("stream")) or (form is not None and str(form.get("stream")).lower() == "true")
-        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        return MockRequest(
+            path=path,
+            json=req,
+            form=form,
+            model=(form or req).get("model", "mock-gpt"),
+            words=[WORDS[i % len(WORDS)] for i in range(n_words)],
+            stream=bool(req.get("stream")) or (form is not None and str(form.get("stream")).lower() == "true"),
+            include_usage=bool((req.get("stream_options") or {}).get("include_usage")),
+            chunk_delay=float(headers.get("x-mock-chunk-delay-ms", 0) or 0) / 1000,
+        )
 
-        if path == "/v1/chat/completions":
-            prompt = max(1, _count_words(req.get("messages")))
-            if stream:
-                await self._stream_chat(send, model, words, prompt, include_usage, chunk_delay, "chat")
-            else:
-                await self._json(send, 200, self._chat(model, " ".join(words), prompt, len(words)))
-        elif path == "/v1/completions":
-            prompt = max(1, _count_words(req.get("prompt")))
-            if stream:
-                await self._stream_chat(send, model, words, prompt, include_usage, chunk_delay, "text")
-            else:
-                await self._json(send, 200, self._completion(model, " ".join(words), prompt, len(words)))
-        elif path == "/v1/responses":
-            prompt = max(1, _count_words(req.get("input")))
-            if stream:
-                await self._stream_responses(send, model, words, prompt, chunk_delay)
-            else:
-                await self._json(send, 200, self._response(model, " ".join(words), prompt, len(words)))
-        elif path == "/v1/embeddings":
-            inputs = req.get("input")
-            inputs = inputs if isinstance(inputs, list) else [inputs]
-            prompt = max(1, _count_words(inputs))
-            data = [
-                {
-                    "object": "embedding",
-                    "index": i,
-                    "embedding": [round(0.1 * (i + j + 1), 3) for j in range(EMBEDDING_DIMS)],
-                }
-                for i in range(len(inputs))
-            ]
-            await self._json(
-                send,
-                200,
-                {
-                    "object": "list",
-                    "data": data,
-                    "model": model,
-                    "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-                },
-            )
-        elif path == "/v1/audio/speech":
-            # As OpenAI's TTS: the audio in chunks as it is made (chunked transfer), or with
-            # stream_format "sse" as speech.audio.delta events (base64) and a speech.audio.done with usage.
-            pieces = [b"ID3" + bytes(range(256))] + [bytes(range(256))] * max(0, n_words - 1)
-            if req.get("stream_format") == "sse":
-                prompt = max(1, _count_words(req.get("input")))
-                events: list[tuple[str | None, dict]] = [
-                    (None, {"type": "speech.audio.delta", "audio": base64.b64encode(p).decode()})
-                    for p in pieces
-                ]
-                out = len(pieces)
-                usage = {"input_tokens": prompt, "output_tokens": out, "total_tokens": prompt + out}
-                events.append((None, {"type": "speech.audio.done", "usage": usage}))
-                await self._sse(send, events, chunk_delay, done=False)
-            else:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [(b"content-type", b"audio/mpeg")],  # no length: sent chunked
-                    }
-                )
-                for piece in pieces:
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
-                    if chunk_delay:
-                        await asyncio.sleep(chunk_delay)
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        elif path == "/v1/audio/transcriptions":
-            size = int((form or {}).get("file_bytes", 0))
-            text = f"mock transcription of {size} bytes"
-            usage = {
-                "type": "tokens",
-                "input_tokens": max(1, size // 100),
-                "output_tokens": len(text.split()),
-                "total_tokens": max(1, size // 100) + len(text.split()),
-            }
-            if stream:
-                events = [{"type": "transcript.text.delta", "delta": w + " "} for w in text.split()]
-                events.append({"type": "transcript.text.done", "text": text, "usage": usage})
-                await self._sse(send, [(None, e) for e in events], chunk_delay, done=False)
-            else:
-                await self._json(send, 200, {"text": text, "usage": usage})
+    # --- endpoints ------------------------------------------------------------------------------------
+
+    async def _chat_endpoint(self, send, r: MockRequest) -> None:
+        prompt = max(1, _count_words(r.json.get("messages")))
+        if r.stream:
+            await self._stream_chat(send, r, prompt, "chat")
         else:
-            await self._error(send, 404, f"mock: no route {path}")
+            await self._json(send, 200, self._chat(r.model, " ".join(r.words), prompt, len(r.words)))
+
+    async def _completions_endpoint(self, send, r: MockRequest) -> None:
+        prompt = max(1, _count_words(r.json.get("prompt")))
+        if r.stream:
+            await self._stream_chat(send, r, prompt, "text")
+        else:
+            await self._json(send, 200, self._completion(r.model, " ".join(r.words), prompt, len(r.words)))
+
+    async def _responses_endpoint(self, send, r: MockRequest) -> None:
+        prompt = max(1, _count_words(r.json.get("input")))
+        if r.stream:
+            await self._stream_responses(send, r, prompt)
+        else:
+            await self._json(send, 200, self._response(r.model, " ".join(r.words), prompt, len(r.words)))
+
+    async def _embeddings_endpoint(self, send, r: MockRequest) -> None:
+        inputs = r.json.get("input")
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        prompt = max(1, _count_words(inputs))
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": [round(0.1 * (i + j + 1), 3) for j in range(EMBEDDING_DIMS)],
+            }
+            for i in range(len(inputs))
+        ]
+        usage = {"prompt_tokens": prompt, "total_tokens": prompt}
+        await self._json(send, 200, {"object": "list", "data": data, "model": r.model, "usage": usage})
+
+    async def _speech_endpoint(self, send, r: MockRequest) -> None:
+        # As OpenAI's TTS: the audio in chunks as it is made (chunked transfer), or with
+        # stream_format "sse" as speech.audio.delta events (base64) and a speech.audio.done with usage.
+        pieces = [b"ID3" + bytes(range(256))] + [bytes(range(256))] * max(0, len(r.words) - 1)
+        if r.json.get("stream_format") == "sse":
+            prompt = max(1, _count_words(r.json.get("input")))
+            events: list[tuple[str | None, dict]] = [
+                (None, {"type": "speech.audio.delta", "audio": base64.b64encode(p).decode()}) for p in pieces
+            ]
+            out = len(pieces)
+            usage = {"input_tokens": prompt, "output_tokens": out, "total_tokens": prompt + out}
+            events.append((None, {"type": "speech.audio.done", "usage": usage}))
+            await self._sse(send, events, r.chunk_delay, done=False)
+            return
+        headers = [(b"content-type", b"audio/mpeg")]  # no length: sent chunked
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for piece in pieces:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            if r.chunk_delay:
+                await asyncio.sleep(r.chunk_delay)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _transcription_endpoint(self, send, r: MockRequest) -> None:
+        size = int((r.form or {}).get("file_bytes", 0))
+        text = f"mock transcription of {size} bytes"
+        usage = {
+            "type": "tokens",
+            "input_tokens": max(1, size // 100),
+            "output_tokens": len(text.split()),
+            "total_tokens": max(1, size // 100) + len(text.split()),
+        }
+        if r.stream:
+            events = [{"type": "transcript.text.delta", "delta": w + " "} for w in text.split()]
+            events.append({"type": "transcript.text.done", "text": text, "usage": usage})
+            await self._sse(send, [(None, e) for e in events], r.chunk_delay, done=False)
+        else:
+            await self._json(send, 200, {"text": text, "usage": usage})
 
     # --- bodies ---------------------------------------------------------------------------------------
 
@@ -284,7 +325,8 @@ class MockUpstream:
             },
         }
 
-    async def _stream_chat(self, send, model, words, prompt, include_usage, chunk_delay, kind) -> None:
+    async def _stream_chat(self, send, r: MockRequest, prompt: int, kind: str) -> None:
+        model, words = r.model, r.words
         cid = self._id("chatcmpl" if kind == "chat" else "cmpl")
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         created = int(time.time())
@@ -305,7 +347,7 @@ class MockUpstream:
         for i, w in enumerate(words):
             events.append((None, chunk(w if i == 0 else " " + w, None)))
         events.append((None, chunk(None, "stop")))
-        if include_usage:
+        if r.include_usage:
             events.append(
                 (
                     None,
@@ -323,9 +365,10 @@ class MockUpstream:
                     },
                 )
             )
-        await self._sse(send, events, chunk_delay, done=True)
+        await self._sse(send, events, r.chunk_delay, done=True)
 
-    async def _stream_responses(self, send, model, words, prompt, chunk_delay) -> None:
+    async def _stream_responses(self, send, r: MockRequest, prompt: int) -> None:
+        model, words = r.model, r.words
         text = " ".join(words)
         start = self._response(model, "", prompt, 0, status="in_progress")
         start["output"] = []
@@ -389,7 +432,7 @@ class MockUpstream:
         done = self._response(model, text, prompt, len(words))
         done["output"][0]["id"] = item_id
         ev("response.completed", response=done)
-        await self._sse(send, events, chunk_delay, done=False)
+        await self._sse(send, events, r.chunk_delay, done=False)
 
     async def _sse(self, send, events, chunk_delay: float, done: bool) -> None:
         await send(

@@ -1,16 +1,26 @@
-"""Building the canonical log record (``schemas/log_record.schema.json``) of one proxied request.
+"""The canonical log record (``schemas/log_record.schema.json``) of one proxied request: opened when the
+request is accepted, finished once the answer has been sent.
 
 Cheap on purpose: plain dicts and a few lookups. Serialization happens in the landing writer's thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from bifrost_pipeline.records import SCHEMA_VERSION
+from bifrost_pipeline.records import SCHEMA_VERSION, LogRecord
+
+from .pricing import Pricing
+
+if TYPE_CHECKING:
+    from .forward import ClientRequest
+    from .streaming import StreamAssembler
 
 # The OpenAI-compatible endpoints the proxy serves -> request_type of the record.
 ENDPOINTS = {
@@ -169,7 +179,7 @@ def base_record(
     stream: bool,
     metadata: dict[str, str] | None,
     user_id: str | None = None,
-) -> dict[str, Any]:
+) -> LogRecord:
     return {
         "schema_version": SCHEMA_VERSION,
         "timestamp": iso(started),
@@ -205,3 +215,92 @@ def base_record(
         "input_content": None,
         "output_content": None,
     }
+
+
+def set_error(rec: LogRecord, status_code: int, error_type: str, message: str | None) -> None:
+    rec["status"] = "error"
+    rec["status_code"] = status_code
+    rec["error_type"] = error_type
+    rec["error_message"] = message
+
+
+def mark_aborted(rec: LogRecord, err: BaseException) -> None:
+    """A request the proxy could not take to its end: cancelled at shutdown, or a bug in the proxy.
+
+    A record that already holds an error keeps it (it says more than the abort).
+    """
+    if rec["status"] != "success":
+        return
+    if isinstance(err, asyncio.CancelledError):
+        message = "the proxy shut down (proxy.shutdown_grace_s) before the request ended"
+        set_error(rec, 503, "cancelled", message)
+    else:
+        set_error(rec, 500, "proxy_error", f"{type(err).__name__}: {err}"[:2000])
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRules:
+    """What the proxy's configuration says about every record: how to price it, whether to keep content."""
+
+    pricing: Pricing
+    keep_content: bool
+
+
+def finish_record(
+    rec: LogRecord,
+    request: ClientRequest,
+    stream: StreamAssembler | None,
+    t0: float,
+    rules: RecordRules,
+    answer: bytes | None = None,
+    answer_type: str = "",
+) -> None:
+    """Fill in what the answer taught: timings, usage, finish reason, errors, cost and content.
+
+    ``answer`` is the provider's whole body (None when it was streamed or never came) and ``answer_type``
+    its content type; ``t0`` is the ``time.perf_counter()`` of the request's arrival.
+    """
+    rec["ended_at"] = iso(datetime.now(UTC))
+    rec["latency_ms"] = int((time.perf_counter() - t0) * 1000)
+    if stream is not None and answer is None:
+        output = _from_stream(rec, stream, t0, answer_type)
+    else:
+        output = _from_body(rec, answer, answer_type)
+    rec["cost_usd"] = rules.pricing.cost(rec["provider"], rec["model"], rec["input_tokens"], rec["output_tokens"])
+    if rules.keep_content:
+        rec["input_content"] = json_text(request_input(rec["request_type"], request.json, request.form))
+        rec["output_content"] = json_text(output)
+
+
+def _from_stream(rec: LogRecord, stream: StreamAssembler, t0: float, answer_type: str) -> Any:
+    """Usage, first-token time, finish reason and error of a streamed answer; returns its output."""
+    request_type = rec["request_type"]
+    rec.update(usage_fields(stream.usage))
+    rec["time_to_first_token_ms"] = int((stream.first_token - t0) * 1000) if stream.first_token else None
+    rec["finish_reason"] = stream.finish_reason or stream.response_status
+    if stream.error is not None and rec["status"] == "success":
+        etype, msg = error_of({"error": stream.error}, "stream_error")
+        set_error(rec, 500, etype or "stream_error", msg)
+    if request_type == "speech":
+        ok = stream.audio_bytes or rec["status"] == "success"
+        return {"audio_bytes": stream.audio_bytes, "content_type": answer_type} if ok else None
+    if stream.output is not None:
+        return stream.output
+    text = "".join(stream.text)
+    return {"role": "assistant", "content": text} if request_type == "chat" else {"text": text}
+
+
+def _from_body(rec: LogRecord, answer: bytes | None, answer_type: str) -> Any:
+    """Usage and finish reason of a whole answer, or its error; returns its output (None for an error)."""
+    doc: Any = None
+    if answer is not None and "json" in (answer_type or ""):
+        try:
+            doc = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            doc = None
+    if rec["status"] == "success" and isinstance(doc, dict):
+        rec.update(usage_fields(doc.get("usage")))
+        rec["finish_reason"] = finish_reason_of(rec["request_type"], doc)
+    elif rec["status"] == "error" and rec["error_type"] is None:
+        rec["error_type"], rec["error_message"] = error_of(doc, f"http_{rec['status_code']}")
+    return response_output(rec["request_type"], doc) if rec["status"] == "success" else None
