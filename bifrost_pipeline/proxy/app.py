@@ -18,8 +18,9 @@ from .asgi import Receive, Scope, Send, error_body, send_whole
 from .intake_http import IntakeEndpoints
 from .metrics import PROM_HEADER_PREFIX, Metrics
 from .pricing import Pricing
+from .protocol import ENDPOINTS
 from .proxied import Forwarder
-from .record import ENDPOINTS, RecordRules
+from .record import RecordRules
 from .upstream import Router, Target
 from .writer import LandingWriter
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import orjson
 
 from .asgi import Scope
-from .record import ENDPOINTS
+from .protocol import ENDPOINTS
 from .upstream import Router, Target, upstream_headers
 
 STREAM_USAGE_TYPES = ("chat", "text_completion")  # those that take stream_options.include_usage

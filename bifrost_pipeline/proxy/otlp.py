@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from .record import DEFAULT_ENDPOINT, base_record, json_text
+from .protocol import DEFAULT_ENDPOINT
+from .record import base_record, json_text
 
 # gen_ai.operation.name (or the span name's suffix, e.g. "gen_ai.chat") -> request_type
 OPERATIONS = {

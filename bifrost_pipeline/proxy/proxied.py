@@ -1,4 +1,4 @@
-"""The proxied endpoints (``/v1/chat/completions`` and the others in ``record.ENDPOINTS``): one request from
+"""The proxied endpoints (``/v1/chat/completions`` and the others in ``protocol.ENDPOINTS``): one request from
 its arrival to its record in the landing queue.
 
 Hot path: read the body, parse it once, route and rewrite it (``forward``), reserve a landing slot, call the
@@ -21,6 +21,7 @@ import aiohttp
 from bifrost_pipeline.config import AppConfig
 
 from .asgi import JSON_HEADERS, Receive, Scope, Send, error_body, read_body, send_whole
+from .assembler import StreamAssembler
 from .forward import ForwardPlan, Rejected, read_request, rewrite, route
 from .metrics import Metrics
 from .record import (
@@ -34,7 +35,7 @@ from .record import (
     mark_aborted,
     set_error,
 )
-from .streaming import StreamAssembler, relay_stream
+from .streaming import relay_stream
 from .upstream import Router, response_headers
 from .writer import LandingWriter, QueueFull
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .record import SECRET_HEADERS
+from .protocol import SECRET_HEADERS
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,11 @@ import aiohttp
 import orjson
 import pytest
 
+from bifrost_pipeline.proxy.assembler import StreamAssembler
 from bifrost_pipeline.proxy.forward import ClientRequest
 from bifrost_pipeline.proxy.pricing import Pricing
 from bifrost_pipeline.proxy.record import RecordRules, base_record, finish_record
-from bifrost_pipeline.proxy.streaming import StreamAssembler, relay_stream
+from bifrost_pipeline.proxy.streaming import relay_stream
 
 RULES = RecordRules(Pricing(), keep_content=True)
 CHAT_ID = "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG"
