@@ -1,14 +1,17 @@
 """``POST /v1/traces``: OTLP/HTTP spans (protobuf or JSON) following the OpenTelemetry GenAI conventions.
 
-Each span that carries GenAI attributes becomes one canonical record; other spans are skipped (counted in
-the answer). Both the current attribute names and the older ones that Bifrost's OTel plugin and earlier
-semantic-convention versions send are read: ``gen_ai.provider.name`` or ``gen_ai.system``,
-``gen_ai.usage.input_tokens`` or ``gen_ai.usage.prompt_tokens``, ``gen_ai.usage.output_tokens`` or
-``gen_ai.usage.completion_tokens``.
+Each span that carries GenAI attributes becomes one canonical record; other spans (an application's parent
+span, an HTTP client's child span) are skipped and counted in the answer. The names real emitters send are
+all read (recorded bodies in ``bifrost_pipeline_tests/data/otlp/``, listed in ``docs/otel-emitters.md``):
+the current conventions (``gen_ai.provider.name``, ``gen_ai.usage.input_tokens``), the older ones
+(``gen_ai.system``, ``gen_ai.usage.prompt_tokens``), LiteLLM's (``llm.is_streaming`` as text, operations
+named ``acompletion``, an empty ``gen_ai.system``, ``gen_ai.cost.total_cost``) and OpenLLMetry's
+(``gen_ai.is_streaming``). Booleans and numbers sent as text are read as booleans and numbers.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import gzip
 from datetime import UTC, datetime
@@ -17,7 +20,7 @@ from typing import Any
 import orjson
 
 from .protocol import DEFAULT_ENDPOINT
-from .record import base_record, json_text
+from .record import base_record, json_text, usage_fields
 
 # gen_ai.operation.name (or the span name's suffix, e.g. "gen_ai.chat") -> request_type
 OPERATIONS = {
@@ -96,6 +99,10 @@ def decode_protobuf(body: bytes) -> list[dict]:
                         "status_code": s.status.code,
                         "status_message": s.status.message,
                         "attributes": {kv.key: _any_pb(kv.value) for kv in s.attributes},
+                        "events": [
+                            {"name": e.name, "attributes": {kv.key: _any_pb(kv.value) for kv in e.attributes}}
+                            for e in s.events
+                        ],
                         "resource": resource,
                     }
                 )
@@ -116,9 +123,17 @@ def _json_span(s: dict, resource: dict) -> dict:
         "end_ns": int(s.get("endTimeUnixNano", s.get("end_time_unix_nano", 0)) or 0),
         "status_code": _STATUS_NAMES.get(code, 0) if isinstance(code, str) else int(code),
         "status_message": status.get("message", ""),
-        "attributes": {kv["key"]: _any_json(kv.get("value")) for kv in s.get("attributes") or []},
+        "attributes": _json_attributes(s.get("attributes")),
+        "events": [
+            {"name": e.get("name", ""), "attributes": _json_attributes(e.get("attributes"))}
+            for e in s.get("events") or []
+        ],
         "resource": resource,
     }
+
+
+def _json_attributes(kvs: list | None) -> dict:
+    return {kv["key"]: _any_json(kv.get("value")) for kv in kvs or []}
 
 
 def decode_json(body: bytes) -> list[dict]:
@@ -173,6 +188,21 @@ def encode_response(is_json: bool, rejected: int, message: str) -> bytes:
 
 # --- mapping ------------------------------------------------------------------------------------------------
 
+# LiteLLM names its operations after its own functions (``acompletion``, ``aembedding``, ...; the leading
+# "a" is the async twin). Read only on LiteLLM's spans: elsewhere "completion" is the legacy Completions API.
+LITELLM_OPERATIONS = {
+    "completion": "chat",
+    "embedding": "embeddings",
+    "text_completion": "text_completion",
+    "responses": "responses",
+    "image_generation": "image",
+    "speech": "speech",
+    "transcription": "transcription",
+}
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no", ""})
+USAGE_TEXT_LIMIT = 4096  # a LiteLLM usage object (Python literal text) longer than this is not parsed
+
 
 def _first(attrs: dict, *names: str) -> Any:
     for n in names:
@@ -182,14 +212,38 @@ def _first(attrs: dict, *names: str) -> Any:
     return None
 
 
-def _int(v: Any) -> int | None:
+def _bool(v: Any) -> bool | None:
+    """A boolean, also when sent as text ("False", "true") or 0/1: ``bool("False")`` would be true."""
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int | float):
+        return v != 0
+    if isinstance(v, str):
+        text = v.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    return None
+
+
+def _number(v: Any) -> float | None:
+    """A finite number >= 0, also when sent as text ("12", "5.7e-06"); booleans are not numbers."""
     if isinstance(v, bool) or v is None:
         return None
-    try:
-        i = int(v)
-    except (TypeError, ValueError):
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            return None
+    if not isinstance(v, int | float) or v != v or v in (float("inf"), float("-inf")) or v < 0:
         return None
-    return i if i >= 0 else None
+    return v
+
+
+def _int(v: Any) -> int | None:
+    n = _number(v)
+    return int(n) if n is not None and n == int(n) else None
 
 
 def _content(v: Any) -> str | None:
@@ -203,6 +257,16 @@ def _content(v: Any) -> str | None:
     return json_text(v)
 
 
+def _json_value(v: Any) -> Any:
+    """A value that emitters send either as itself or as its JSON text (LiteLLM: '["stop"]')."""
+    if isinstance(v, str) and v[:1] in ("[", "{"):
+        try:
+            return orjson.loads(v)
+        except orjson.JSONDecodeError:
+            return v
+    return v
+
+
 def is_genai(span: dict) -> bool:
     if "error" in span:
         return True  # an unreadable span is reported as rejected, not skipped
@@ -210,35 +274,167 @@ def is_genai(span: dict) -> bool:
     return any(k.startswith("gen_ai.") for k in a) or span["name"].startswith("gen_ai.")
 
 
-def span_to_record(span: dict, *, customer_id: str, content: bool, pricing) -> dict:
+def _is_litellm(a: dict) -> bool:
+    return any(k.startswith("litellm.") for k in a)
+
+
+def _request_type(span: dict) -> str:
     a = span["attributes"]
-    op = _first(a, "gen_ai.operation.name")
+    op = _first(a, "gen_ai.operation.name", "llm.request.type")
     if op is None and span["name"].startswith("gen_ai."):
         op = span["name"][len("gen_ai.") :]
     op = str(op or "chat").split(" ")[0].lower()
-    request_type = OPERATIONS.get(op, "chat")
-    provider = str(_first(a, "gen_ai.provider.name", "gen_ai.system") or "unknown")
-    model = str(_first(a, "gen_ai.request.model", "gen_ai.response.model") or "unknown")
-    start = datetime.fromtimestamp(span["start_ns"] / 1e9, UTC) if span["start_ns"] else datetime.now(UTC)
-    end_ns = span["end_ns"] or span["start_ns"]
-    ended = datetime.fromtimestamp(end_ns / 1e9, UTC) if end_ns else start
+    if _is_litellm(a):
+        call = op[1:] if op.startswith("a") and op[1:] in LITELLM_OPERATIONS else op
+        if call in LITELLM_OPERATIONS:
+            return LITELLM_OPERATIONS[call]
+    return OPERATIONS.get(op, "chat")
 
+
+def _provider(a: dict, model: str) -> str:
+    """The provider; when the emitter leaves it empty (LiteLLM on embeddings), the "provider/model" prefix."""
+    named = _first(a, "gen_ai.provider.name", "gen_ai.system", "llm.provider", "error.llm_provider")
+    if named is not None:
+        return str(named)
+    for routed in (_first(a, "litellm.provider.model"), model):
+        if isinstance(routed, str) and "/" in routed.strip("/"):
+            return routed.split("/", 1)[0]
+    return "unknown"
+
+
+def _finish_reason(a: dict) -> str | None:
+    reasons = _json_value(_first(a, "gen_ai.response.finish_reasons", "llm.response.finish_reason"))
+    if isinstance(reasons, list):
+        return str(reasons[0]) if reasons else None
+    if reasons is not None:
+        return str(reasons)
+    # Some emitters put the reason only in the captured output messages (openai-v2 on streams).
+    messages = _json_value(a.get("gen_ai.output.messages"))
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        reason = messages[-1].get("finish_reason")
+        return str(reason) if reason else None
+    return None
+
+
+def _error_type(a: dict) -> str:
+    kind = str(_first(a, "error.type") or "error")
+    # openai-v2 2.4b0 sends str(type(exc)): "<class 'openai.NotFoundError'>"
+    if kind.startswith("<class '") and kind.endswith("'>"):
+        kind = kind[len("<class '") : -len("'>")]
+    return kind
+
+
+def _error_message(span: dict) -> str | None:
+    message = span["status_message"] or _first(span["attributes"], "error.message")
+    if not message:
+        for event in span.get("events") or []:
+            if event["name"] == "exception" and event["attributes"].get("exception.message"):
+                message = event["attributes"]["exception.message"]
+                break
+    return str(message)[:2000] if message else None
+
+
+def _litellm_usage(a: dict) -> dict[str, int | None]:
+    """LiteLLM sends cached and reasoning tokens only inside ``metadata.usage_object``, as a Python literal."""
+    text = a.get("metadata.usage_object")
+    if not isinstance(text, str) or len(text) > USAGE_TEXT_LIMIT:
+        return usage_fields(None)
+    try:
+        usage = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return usage_fields(None)
+    return usage_fields(usage)
+
+
+def _tokens(a: dict) -> dict[str, int | None]:
+    usage = _litellm_usage(a)
+    out = {
+        "input_tokens": _int(
+            _first(a, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.usage.prompt_tokens")
+        ),
+        "output_tokens": _int(
+            _first(
+                a, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.usage.completion_tokens"
+            )
+        ),
+        "total_tokens": _int(_first(a, "gen_ai.usage.total_tokens", "llm.usage.total_tokens")),
+        "cached_tokens": _int(
+            _first(
+                a,
+                "gen_ai.usage.cache_read.input_tokens",
+                "gen_ai.usage.cache_read_input_tokens",
+                "gen_ai.usage.cached_tokens",
+            )
+        ),
+        "reasoning_tokens": _int(
+            _first(a, "gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens")
+        ),
+    }
+    for key, value in out.items():
+        if value is None:
+            out[key] = usage[key]
+    if out["total_tokens"] is None and (out["input_tokens"] is not None or out["output_tokens"] is not None):
+        out["total_tokens"] = (out["input_tokens"] or 0) + (out["output_tokens"] or 0)
+    return out
+
+
+def _metadata(span: dict) -> dict[str, str]:
+    a = span["attributes"]
     metadata: dict[str, str] = {}
     for key in ("service.name", "deployment.environment", "deployment.environment.name"):
         if key in span["resource"]:
             metadata[key] = str(span["resource"][key])
-    for key in ("gen_ai.response.id", "gen_ai.conversation.id"):
-        if key in a:
+    for key in ("gen_ai.response.id", "gen_ai.conversation.id", "litellm.call_id"):
+        if a.get(key):
             metadata[key] = str(a[key])
     metadata["trace_id"] = span["trace_id"]
     metadata["span_id"] = span["span_id"]
+    return metadata
 
+
+def request_id(span: dict) -> str:
+    """The sender's request id, else one fixed by the span's identity (trace_id, span_id): the same span
+    resent (a retry, or once as protobuf and once as OTLP/JSON) gets the same id, which raw_logs dedups."""
+    a = span["attributes"]
+    given = _first(a, "bifrost.request_id", "request.id", "gen_ai.request.id")
+    return str(given) if given is not None else f"{span['trace_id']}-{span['span_id']}"
+
+
+def _timing(rec: dict, span: dict, a: dict) -> None:
+    end_ns = span["end_ns"] or span["start_ns"]
+    ended = datetime.fromtimestamp(end_ns / 1e9, UTC) if end_ns else datetime.now(UTC)
+    rec["ended_at"] = ended.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    rec["latency_ms"] = (
+        max(0, min(2147483647, int((end_ns - span["start_ns"]) / 1e6))) if span["start_ns"] else 0
+    )
+    ttft = _number(_first(a, "gen_ai.server.time_to_first_token", "gen_ai.response.time_to_first_chunk"))
+    if ttft is not None:
+        rec["time_to_first_token_ms"] = int(ttft * 1000)  # the conventions give seconds
+
+
+def _outcome(rec: dict, span: dict, a: dict) -> None:
+    """status, status_code and (on failure) error_type and error_message."""
+    status_code = _int(_first(a, "http.response.status_code", "http.status_code", "error.code"))
+    failed = span["status_code"] == STATUS_ERROR or _first(a, "error.type") is not None or (status_code or 0) >= 400
+    rec["status"] = "error" if failed else "success"
+    if status_code is None or not 100 <= status_code <= 599:
+        status_code = 500 if failed else 200
+    rec["status_code"] = status_code
+    if failed:
+        rec["error_type"] = _error_type(a)
+        rec["error_message"] = _error_message(span)
+
+
+def span_to_record(span: dict, *, customer_id: str, content: bool, pricing) -> dict:
+    a = span["attributes"]
+    request_type = _request_type(span)
+    model = str(_first(a, "gen_ai.request.model", "gen_ai.response.model") or "unknown")
+    provider = _provider(a, model)
+    start = datetime.fromtimestamp(span["start_ns"] / 1e9, UTC) if span["start_ns"] else datetime.now(UTC)
+    user = _first(a, "gen_ai.request.user", "gen_ai.user")
     rec = base_record(
         started=start,
-        request_id=str(
-            _first(a, "bifrost.request_id", "request.id", "gen_ai.request.id")
-            or f"{span['trace_id']}-{span['span_id']}"
-        ),
+        request_id=request_id(span),
         customer_id=str(_first(a, "customer.id", "bifrost.customer_id", "user.id") or customer_id),
         provider=provider,
         model=model,
@@ -247,51 +443,20 @@ def span_to_record(span: dict, *, customer_id: str, content: bool, pricing) -> d
         ),
         method=str(_first(a, "http.request.method", "http.method") or "POST").upper(),
         request_type=request_type,
-        stream=bool(_first(a, "gen_ai.request.stream", "llm.is_streaming") or False),
-        metadata=metadata,
-        user_id=(str(a["gen_ai.request.user"]) if a.get("gen_ai.request.user") else None),
+        stream=bool(_bool(_first(a, "gen_ai.request.stream", "llm.is_streaming", "gen_ai.is_streaming"))),
+        metadata=_metadata(span),
+        user_id=str(user) if user is not None else None,
     )
     if rec["method"] not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         rec["method"] = "POST"
-    rec["ended_at"] = ended.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    rec["latency_ms"] = (
-        max(0, min(2147483647, int((end_ns - span["start_ns"]) / 1e6))) if span["start_ns"] else 0
-    )
-    error_type = _first(a, "error.type")
-    status_code = _int(_first(a, "http.response.status_code", "http.status_code"))
-    failed = span["status_code"] == STATUS_ERROR or error_type is not None or (status_code or 0) >= 400
-    rec["status"] = "error" if failed else "success"
-    if status_code is None or not 100 <= status_code <= 599:
-        status_code = 500 if failed else 200
-    rec["status_code"] = status_code
-    if failed:
-        rec["error_type"] = str(error_type or "error")
-        rec["error_message"] = (span["status_message"] or None) and span["status_message"][:2000]
-    reasons = a.get("gen_ai.response.finish_reasons")
-    if isinstance(reasons, list) and reasons:
-        rec["finish_reason"] = str(reasons[0])
-    elif isinstance(reasons, str):
-        rec["finish_reason"] = reasons
-    rec["input_tokens"] = _int(_first(a, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"))
-    rec["output_tokens"] = _int(_first(a, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens"))
-    total = _int(_first(a, "gen_ai.usage.total_tokens", "llm.usage.total_tokens"))
-    if total is None and (rec["input_tokens"] is not None or rec["output_tokens"] is not None):
-        total = (rec["input_tokens"] or 0) + (rec["output_tokens"] or 0)
-    rec["total_tokens"] = total
-    rec["cached_tokens"] = _int(
-        _first(a, "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cached_tokens")
-    )
-    rec["reasoning_tokens"] = _int(
-        _first(a, "gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens")
-    )
-    ttft = _first(a, "gen_ai.server.time_to_first_token", "gen_ai.response.time_to_first_chunk")
-    if isinstance(ttft, int | float) and not isinstance(ttft, bool) and ttft >= 0:
-        rec["time_to_first_token_ms"] = int(ttft * 1000)  # the conventions give seconds
-    cost = _first(a, "gen_ai.usage.cost", "gen_ai.cost")
-    if isinstance(cost, int | float) and not isinstance(cost, bool) and cost >= 0:
-        rec["cost_usd"] = float(cost)
-    else:
-        rec["cost_usd"] = pricing.cost(provider, model, rec["input_tokens"], rec["output_tokens"])
+    _timing(rec, span, a)
+    _outcome(rec, span, a)
+    rec["finish_reason"] = _finish_reason(a)
+    rec.update(_tokens(a))
+    cost = _number(_first(a, "gen_ai.usage.cost", "gen_ai.cost", "gen_ai.cost.total_cost"))
+    if cost is None:
+        cost = pricing.cost(provider, model, rec["input_tokens"], rec["output_tokens"])
+    rec["cost_usd"] = cost
     if content:
         inp = _first(a, "gen_ai.input.messages", "gen_ai.prompt", "gen_ai.request.messages")
         out = _first(a, "gen_ai.output.messages", "gen_ai.completion", "gen_ai.response.messages")
