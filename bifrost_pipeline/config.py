@@ -228,7 +228,8 @@ class Anonymize(Strict):
     type: Literal["anonymize"]
     fields: list[str] = Field(min_length=1)
     method: Literal["hash", "redact", "drop"] = "hash"
-    # hash: the HMAC key comes from this environment variable (never from the file itself).
+    # hash: the HMAC key comes from the environment variable key_env, or from `key` written as
+    # "${VAR:-fallback}" (the demo config's way to run without setup); never dumped or printed.
     key_env: str = "BIFROST_ANONYMIZE_KEY"
     key: SecretStr | None = Field(default=None, exclude=True)
 
@@ -558,7 +559,7 @@ def _validate_export(raw: Any, path: tuple, env: Mapping[str, str]) -> tuple[Exp
             problems.extend(_pydantic_problems(err, tpath))
             continue
         if isinstance(parsed, Anonymize) and parsed.method == "hash":
-            key = env.get(parsed.key_env)
+            key = parsed.key.get_secret_value() if parsed.key else env.get(parsed.key_env)
             if not key:
                 problems.append(
                     f"{format_path(tpath + ('key_env',))}: environment variable {parsed.key_env} is not set "
