@@ -99,10 +99,15 @@ def backfill(app: AppConfig, config_file: Path, days: list[date], *, out: TextIO
     for e in app.exports:
         for key in plan[e.name]:
             raw_days.update(utc_days(*partition_window(e.schedule, key)))
-    # A window in another zone can start on the UTC day before pipeline.start_date: no raw partition there.
-    raw_days = {d for d in raw_days if d >= app.pipeline.start_date}
+    # raw_logs partitions run from pipeline.start_date to today (UTC); an export window in another zone can
+    # also start on the UTC day before start_date.
+    outside = sorted(d for d in days if not app.pipeline.start_date <= d <= now.date())
+    raw_days = {d for d in raw_days if app.pipeline.start_date <= d <= now.date()}
 
     started = time.monotonic()
+    if outside:
+        print(f"   skipped {len(outside)} day(s) outside raw_logs' partitions ({app.pipeline.start_date} to today): "
+              f"{outside[0]}..{outside[-1]}", file=out)
     print(f"== raw_logs + quarantine: {len(raw_days)} UTC day(s) (Dagster instance: {os.environ['DAGSTER_HOME']})",
           file=out, flush=True)
     if not _raw_days(defs, instance, sorted(raw_days), out):

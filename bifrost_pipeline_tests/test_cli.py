@@ -103,3 +103,21 @@ def test_a_backfill_at_the_start_date_plans_only_real_partitions(monkeypatch):
     plan = {e.name: export_partitions_for_days(app, e, [date(2026, 1, 1), date(2026, 1, 5)], now) for e in app.exports}
     assert plan["daily_local_export"] == [f"2026-01-0{d}" for d in range(1, 6)]
     assert plan["weekly_cost_report"] == ["2026-01-04"]
+
+
+def test_a_backfill_says_which_days_have_no_partition(tmp_path, monkeypatch):
+    import io
+    from datetime import date
+
+    from bifrost_pipeline.backfill import backfill
+    from bifrost_pipeline.config import load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("log_exports: {exports: []}\npipeline: {start_date: '2026-01-01', data_dir: .}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    out = io.StringIO()
+    assert backfill(load_config(config), config, [date(2025, 12, 30), date(2025, 12, 31), date(2026, 1, 1)], out=out)
+    text = out.getvalue()
+    assert "skipped 2 day(s) outside raw_logs' partitions (2026-01-01 to today): 2025-12-30..2025-12-31" in text
+    assert "[1/1] 2026-01-01 " in text and "== done in" in text
