@@ -25,11 +25,10 @@ test: $(STAMP) emulators
 	$(VENV)/bin/ruff check bifrost_pipeline bifrost_pipeline_tests bench
 	$(PY) -m pytest -q
 
-# The Dagster UI and daemon on the instance of dagster.yaml (the demo's runs are there).
-# The demo config hashes ids with the key in BIFROST_ANONYMIZE_KEY: the demo's own key unless you set one.
+# The Dagster UI and daemon on the instance of dagster.yaml (the demo's runs are there). The demo config
+# hashes ids with the key in BIFROST_ANONYMIZE_KEY, or its own demo key when that is unset.
 dev: $(STAMP)
-	BIFROST_ANONYMIZE_KEY=$${BIFROST_ANONYMIZE_KEY:-demo-only-anonymize-key} DAGSTER_HOME=$(CURDIR) \
-		$(VENV)/bin/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(CURDIR) $(VENV)/bin/dagster dev -w workspace.yaml
 
 bench: $(STAMP)
 	$(PY) bench/pipeline_bench.py

@@ -3,17 +3,30 @@ needed, then every export partition whose window overlaps the days and has ended
 
 Used by `bifrost-pipeline backfill` and the demo. (In a deployment, Dagster's own backfills from the UI or
 `dagster job backfill` do the same through the daemon.)
+
+The terminal gets one line per run and a summary; Dagster's own log of each run (every event, DEBUG
+included, and the assets' log lines) goes only to the instance's event log, which the UI shows.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TextIO
 
 from bifrost_pipeline.config import AppConfig, ExportConfig
+from bifrost_pipeline.demo import UI
+
+UI_RUNS = f"{UI}/runs"
+# The console logger of each in-process run only passes what is critical; the event log keeps everything.
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+DOT_EVERY_S = 10.0  # a run that takes longer shows a dot per interval, so long work visibly progresses
 
 
 def export_partitions_for_days(app: AppConfig, export: ExportConfig, days: list[date], now: datetime) -> list[str]:
@@ -23,17 +36,58 @@ def export_partitions_for_days(app: AppConfig, export: ExportConfig, days: list[
 
     first = datetime(days[0].year, days[0].month, days[0].day, tzinfo=UTC)
     last = datetime(days[-1].year, days[-1].month, days[-1].day, tzinfo=UTC) + timedelta(days=1)
-    keys = overlapping_partitions(export_partitions(app, export), export.schedule, first, last)
-    return [k for k in keys if partition_window(export.schedule, k)[1] <= now]
+    partitions = export_partitions(app, export)
+    # Dagster also lists the window that contains start_date though it is no partition: keep real ones.
+    first_key = partitions.get_first_partition_key()
+    keys = overlapping_partitions(partitions, export.schedule, first, last)
+    return [k for k in keys if first_key and k >= first_key and partition_window(export.schedule, k)[1] <= now]
 
 
-def backfill(app: AppConfig, config_file: Path, days: list[date], *, say: Callable[[str], None] = print) -> bool:
+@contextmanager
+def _progress_line(label: str, out: TextIO) -> Iterator[Callable[[str], None]]:
+    """Print `label`, a dot every DOT_EVERY_S while the body runs, then the line's end given to `finish`."""
+    out.write(label + " ")
+    out.flush()
+    done = threading.Event()
+
+    def dots() -> None:
+        while not done.wait(DOT_EVERY_S):
+            out.write(".")
+            out.flush()
+
+    ticker = threading.Thread(target=dots, daemon=True)
+    ticker.start()
+    ending: list[str] = []
+    try:
+        yield ending.append
+    finally:
+        done.set()
+        ticker.join()
+        out.write(" " + (ending[0] if ending else "interrupted") + "\n")
+        out.flush()
+
+
+def _failure(result) -> str:
+    failure = next((ev for ev in result.all_events if ev.is_step_failure), None)
+    message = failure.step_failure_data.error.message.strip() if failure else "the run failed"
+    return f"FAILED: {message} (Dagster's log of the run: {UI_RUNS}/{result.run_id})"
+
+
+def _meta(result, node: str) -> dict:
+    """Asset key -> metadata values of what `node` materialized."""
+    return {
+        m.asset_key: {k: v.value for k, v in m.metadata.items()} for m in result.asset_materializations_for_node(node)
+    }
+
+
+def backfill(app: AppConfig, config_file: Path, days: list[date], *, out: TextIO | None = None) -> bool:
+    """Run the raw days then the export partitions; one line per run on `out` (default stdout)."""
     import dagster as dg
 
     from bifrost_pipeline.definitions import build_definitions
-    from bifrost_pipeline.defs.raw import QUARANTINE, RAW, RAW_JOB
     from bifrost_pipeline.windows import partition_window, utc_days
 
+    out = out or sys.stdout
     os.environ.setdefault("DAGSTER_HOME", str(config_file.parent))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     days = sorted(set(days))
@@ -45,32 +99,75 @@ def backfill(app: AppConfig, config_file: Path, days: list[date], *, say: Callab
     for e in app.exports:
         for key in plan[e.name]:
             raw_days.update(utc_days(*partition_window(e.schedule, key)))
+    # raw_logs partitions run from pipeline.start_date to today (UTC); an export window in another zone can
+    # also start on the UTC day before start_date.
+    outside = sorted(d for d in days if not app.pipeline.start_date <= d <= now.date())
+    raw_days = {d for d in raw_days if app.pipeline.start_date <= d <= now.date()}
 
-    say(f"== Materializing raw_logs + quarantine for {len(raw_days)} UTC day(s) (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
-    job = defs.resolve_job_def(RAW_JOB)
-    for day in sorted(raw_days):
-        started = time.monotonic()
-        result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
-        if not result.success:
-            say(f"   {day}: FAILED (see the run in the Dagster UI)")
-            return False
-        mats = {m.asset_key: m.metadata for m in result.asset_materializations_for_node("validate_landed_day")}
-        say(
-            f"   {day}: {mats[RAW]['valid_rows'].value} valid, {mats[QUARANTINE]['dagster/row_count'].value} "
-            f"quarantined ({time.monotonic() - started:.1f}s)"
-        )
-
-    say("== Materializing the exports")
+    started = time.monotonic()
+    if outside:
+        print(f"   skipped {len(outside)} day(s) outside raw_logs' partitions ({app.pipeline.start_date} to today): "
+              f"{outside[0]}..{outside[-1]}", file=out)
+    print(f"== raw_logs + quarantine: {len(raw_days)} UTC day(s) (Dagster instance: {os.environ['DAGSTER_HOME']})",
+          file=out, flush=True)
+    if not _raw_days(defs, instance, sorted(raw_days), out):
+        return False
+    exports = [(e, key) for e in app.exports for key in plan[e.name]]
+    print(f"== exports: {len(exports)} partition(s)", file=out, flush=True)
     for e in app.exports:
-        job = defs.resolve_job_def(f"{e.asset_name}_job")
-        for key in plan[e.name]:
-            result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
-            if not result.success:
-                failure = next((ev for ev in result.all_events if ev.is_step_failure), None)
-                say(f"   {e.name} {key}: FAILED {failure.step_failure_data.error.message if failure else ''}")
-                return False
-            meta = result.asset_materializations_for_node(e.asset_name)[0].metadata
-            say(f"   {e.name} {key}: {meta['rows'].value} -> {meta['location'].value}")
         if not plan[e.name]:
-            say(f"   {e.name}: no {e.schedule.frequency} window has ended within these days yet")
+            print(f"   {e.name}: no {e.schedule.frequency} partition overlaps these days and has ended", file=out)
+    if not _exports(defs, instance, exports, out):
+        return False
+    print(
+        f"== done in {time.monotonic() - started:.0f}s: {len(raw_days)} raw_logs run(s), {len(exports)} export "
+        f"run(s); each run's Dagster log is in the UI (make dev, then {UI_RUNS})",
+        file=out, flush=True,
+    )
     return True
+
+
+def _raw_days(defs, instance, days: list[date], out: TextIO) -> bool:
+    from bifrost_pipeline.defs.raw import QUARANTINE, RAW, RAW_JOB
+
+    job = defs.resolve_job_def(RAW_JOB)
+    for i, day in enumerate(days, 1):
+        t0 = time.monotonic()
+        with _progress_line(f"   [{i}/{len(days)}] {day}", out) as finish:
+            result = job.execute_in_process(
+                partition_key=day.isoformat(), instance=instance, raise_on_error=False, run_config=QUIET_RUN_CONFIG
+            )
+            if not result.success:
+                finish(_failure(result))
+                return False
+            meta = _meta(result, "validate_landed_day")
+            finish(
+                f"{meta[RAW].get('valid_rows')} valid, {meta[QUARANTINE].get('dagster/row_count')} quarantined "
+                f"({time.monotonic() - t0:.1f}s)"
+            )
+    return True
+
+
+def _exports(defs, instance, exports: list[tuple[ExportConfig, str]], out: TextIO) -> bool:
+    import dagster as dg
+
+    for i, (e, key) in enumerate(exports, 1):
+        t0 = time.monotonic()
+        with _progress_line(f"   [{i}/{len(exports)}] {e.name} {key}", out) as finish:
+            result = defs.resolve_job_def(f"{e.asset_name}_job").execute_in_process(
+                partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET_RUN_CONFIG
+            )
+            if not result.success:
+                finish(_failure(result))
+                return False
+            meta = _meta(result, e.asset_name)[dg.AssetKey(e.asset_name)]
+            finish(f"{_rows(meta)} -> {meta.get('location')} ({time.monotonic() - t0:.1f}s)")
+    return True
+
+
+def _rows(meta: dict) -> str:
+    """Rows per dataset when the materialization says (a total over datasets would count a record twice)."""
+    rows = meta.get("rows")
+    if isinstance(rows, dict):
+        return ", ".join(f"{ds} {n}" for ds, n in rows.items()) or "no datasets"
+    return f"{meta.get('dagster/row_count')} rows"

@@ -8,7 +8,7 @@ import sys
 
 def _validate_config(args: argparse.Namespace) -> int:
     from bifrost_pipeline.config import ConfigError, config_path, load_config
-    from bifrost_pipeline.windows import partition_window
+    from bifrost_pipeline.demo import demo_key_note
 
     path = config_path(args.path)
     try:
@@ -28,18 +28,31 @@ def _validate_config(args: argparse.Namespace) -> int:
     for e in app.exports:
         s = e.schedule
         when = {"daily": "every day", "weekly": f"every {s.day}", "monthly": f"on day {s.day} of every month"}
-        first = app.pipeline.start_date.isoformat()
-        start, end = partition_window(s, first) if s.frequency == "daily" else (None, None)
+        compression = "uncompressed" if e.data.codec == "none" else f"{e.data.codec}-compressed"
         print(f"  export {e.name}")
         print(f"    asset:       {e.asset_name} (job {e.asset_name}_job)")
-        print(f"    partitions:  {s.frequency} windows in {s.timezone}" + (f", first {start:%Y-%m-%d %H:%M %Z}" if start else ""))
+        print(f"    partitions:  {s.frequency} windows in {s.timezone}, {_first_window(app, e)}")
         print(f"    schedule:    {when[s.frequency]} at {s.time} {s.timezone} (exports the window that just ended)")
-        print(f"    data:        {', '.join(e.data.include)} as {e.data.format} ({e.data.codec})")
+        print(f"    data:        {', '.join(e.data.include)} as {e.data.format}, {compression}")
         steps = [t.type for t in e.data.transformations]
         if steps:
             print(f"    transforms:  {' -> '.join(steps)}")
         print(f"    destination: {e.destination.type} {make_destination(app, e).describe()}")
+    note = demo_key_note(app)
+    if note:
+        print(f"note: {note}")
     return 0
+
+
+def _first_window(app, export) -> str:
+    from bifrost_pipeline.defs.partitions import export_partitions
+    from bifrost_pipeline.exports import partition_window
+
+    key = export_partitions(app, export).get_first_partition_key()
+    if key is None:
+        return f"none yet (pipeline.start_date {app.pipeline.start_date} is in the future)"
+    start, end = partition_window(export.schedule, key)
+    return f"the first {start:%Y-%m-%d %H:%M %Z} to {end:%Y-%m-%d %H:%M %Z} (pipeline.start_date {app.pipeline.start_date})"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -56,6 +69,7 @@ def _backfill(args: argparse.Namespace) -> int:
 
     from bifrost_pipeline.backfill import backfill
     from bifrost_pipeline.config import ConfigError, config_path, load_config
+    from bifrost_pipeline.demo import demo_key_note
 
     path = config_path(args.config).resolve()
     try:
@@ -70,6 +84,9 @@ def _backfill(args: argparse.Namespace) -> int:
     if last < first:
         print("--to is before --from", file=sys.stderr)
         return 2
+    note = demo_key_note(app)
+    if note:
+        print(f"note: {note}")
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     return 0 if backfill(app, path, days) else 1
 

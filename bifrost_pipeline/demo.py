@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+# The fallback key of bifrost_pipeline.yaml's `key: "${BIFROST_ANONYMIZE_KEY:-demo-only-anonymize-key}"`.
 DEMO_KEY = "demo-only-anonymize-key"
+# `make dev`'s UI, and its global asset graph with the three asset groups (ingest, pipeline, exports) expanded.
+UI = "http://127.0.0.1:3000"
+LINEAGE_URL = f"{UI}/asset-groups?expanded=global@global:ingest,global@global:pipeline,global@global:exports"
 
 
 def _say(msg: str = "") -> None:
     print(msg, flush=True)
+
+
+def demo_key_note(app) -> str | None:
+    """A warning when an export hashes ids with the demo key (public, so its hashes can be reversed)."""
+    from bifrost_pipeline.config import Anonymize
+
+    names = [
+        e.name
+        for e in app.exports
+        for t in e.data.transformations
+        if isinstance(t, Anonymize) and t.key is not None and t.key.get_secret_value() == DEMO_KEY
+    ]
+    if not names:
+        return None
+    return (
+        f"BIFROST_ANONYMIZE_KEY is not set: the ids of {', '.join(dict.fromkeys(names))} are hashed with the "
+        "demo key; export your own secret in BIFROST_ANONYMIZE_KEY before exporting real data"
+    )
 
 
 def run_demo(
@@ -21,10 +42,6 @@ def run_demo(
     seed: int = 7,
     proxy_requests: int = 40,
 ) -> int:
-    if not os.environ.get("BIFROST_ANONYMIZE_KEY"):
-        os.environ["BIFROST_ANONYMIZE_KEY"] = DEMO_KEY
-        _say("BIFROST_ANONYMIZE_KEY is not set: using a demo key (set your own secret in production).")
-
     from bifrost_pipeline import landing, sample
     from bifrost_pipeline.config import ConfigError, config_path, load_config
 
@@ -34,6 +51,9 @@ def run_demo(
     except ConfigError as err:
         _say(str(err))
         return 1
+    note = demo_key_note(app)
+    if note:
+        _say(f"note: {note}")
 
     today = datetime.now(UTC).date()
     demo_days = [today - timedelta(days=i) for i in range(days, 0, -1)]
@@ -60,7 +80,7 @@ def run_demo(
 def _materialize(app, path: Path, demo_days: list[date], today: date) -> int:
     from bifrost_pipeline.backfill import backfill
 
-    if not backfill(app, path, demo_days + [today], say=_say):
+    if not backfill(app, path, demo_days + [today]):
         return 1
     _say("== Outputs")
     _say(f"   raw_logs:   {app.raw_dir}")
@@ -69,7 +89,7 @@ def _materialize(app, path: Path, demo_days: list[date], today: date) -> int:
         _say(f"   {e.name}: {e.destination.type} -> {_describe(app, e)}")
     _analyst_query(app)
     _say("")
-    _say("Open the Dagster UI on this state with:  make dev   (then http://127.0.0.1:3000)")
+    _say(f"Open the Dagster UI on this state with `make dev`, then {UI}; the lineage of every asset: {LINEAGE_URL}")
     return 0
 
 

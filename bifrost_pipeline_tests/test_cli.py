@@ -1,11 +1,9 @@
 """The `bifrost-pipeline` command as a user runs it."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from bifrost_pipeline.cli import main
@@ -25,6 +23,44 @@ def test_validate_config_prints_each_export(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "export daily_local_export" in out and "asset:       export_daily_local_export" in out
     assert "every sunday at 03:00 Europe/Paris" in out
+    assert "data:        request_logs, response_logs, error_logs, traces as parquet, gzip-compressed" in out
+    # Every frequency says where its partitions start, not only daily.
+    assert (
+        "partitions:  weekly windows in Europe/Paris, the first 2026-01-04 00:00 CET to 2026-01-11 00:00 CET "
+        "(pipeline.start_date 2026-01-01)"
+    ) in out
+    assert "note:" not in out  # the key comes from the environment
+
+
+def test_validate_config_says_uncompressed_and_when_partitions_start(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "log_exports:\n  exports:\n    - name: m\n      schedule: {frequency: monthly, day: 3}\n"
+        "      destination: {type: local, config: {}}\n      data: {format: csv}\n"
+        "pipeline: {start_date: '2026-02-10'}\n"
+    )
+    assert main(["validate-config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "data:        request_logs as csv, uncompressed" in out
+    assert "monthly windows in UTC, the first 2026-03-03 00:00 UTC to 2026-04-03 00:00 UTC" in out
+
+
+def test_the_shipped_config_hashes_with_the_environment_key_else_says_it_uses_the_demo_key(monkeypatch, capsys):
+    from bifrost_pipeline.config import load_config
+    from bifrost_pipeline.demo import DEMO_KEY
+
+    config = ROOT / "bifrost_pipeline.yaml"
+    monkeypatch.setenv("BIFROST_ANONYMIZE_KEY", "my-secret")
+    (step,) = [t for t in load_config(config).exports[0].data.transformations if t.type == "anonymize"]
+    assert step.key.get_secret_value() == "my-secret"
+
+    monkeypatch.delenv("BIFROST_ANONYMIZE_KEY")
+    (step,) = [t for t in load_config(config).exports[0].data.transformations if t.type == "anonymize"]
+    assert step.key.get_secret_value() == DEMO_KEY
+    assert main(["validate-config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "note: BIFROST_ANONYMIZE_KEY is not set: the ids of daily_local_export are hashed with the demo key" in out
+    assert DEMO_KEY not in out
 
 
 def test_validate_config_lists_every_error_and_exits_1(tmp_path, capsys):
@@ -48,26 +84,40 @@ def test_backfill_rejects_bad_dates(monkeypatch, capsys):
     assert main(["backfill", "--from", "2024-01-03", "--to", "2024-01-02", "--config", config]) == 2
 
 
-def test_the_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
-    config = tmp_path / "bifrost_pipeline.yaml"
-    shutil.copy(ROOT / "bifrost_pipeline.yaml", config)
-    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    monkeypatch.delenv("BIFROST_ANONYMIZE_KEY", raising=False)
-    from bifrost_pipeline.demo import run_demo
-
-    assert run_demo(config=str(config), days=1, records_per_day=300, proxy_requests=5) == 0
-    out = capsys.readouterr().out
-    assert "record(s) landed by the proxy" in out and "Analyst query" in out
-    con = duckdb.connect(str(tmp_path / ".bifrost" / "warehouse.duckdb"), read_only=True)
-    try:
-        assert con.execute("SELECT count(*) FROM request_logs").fetchone()[0] >= 290
-    finally:
-        con.close()
-    assert list((tmp_path / ".bifrost" / "exports" / "daily-exports").rglob("_manifest.json"))
-
-
 @pytest.mark.parametrize("args", [["--help"], ["proxy", "--help"]])
 def test_help(args):
     assert run_cli(*args).returncode == 0
+
+
+def test_a_backfill_at_the_start_date_plans_only_real_partitions(monkeypatch):
+    # Dagster lists the weekly window that contains start_date (2025-12-28..2026-01-04) though it is no
+    # partition; running it failed with an unknown partition key.
+    from datetime import UTC, date, datetime
+
+    from bifrost_pipeline.backfill import export_partitions_for_days
+    from bifrost_pipeline.config import load_config
+
+    monkeypatch.setenv("BIFROST_ANONYMIZE_KEY", "k")
+    app = load_config(ROOT / "bifrost_pipeline.yaml")
+    now = datetime(2026, 2, 1, tzinfo=UTC)
+    plan = {e.name: export_partitions_for_days(app, e, [date(2026, 1, 1), date(2026, 1, 5)], now) for e in app.exports}
+    assert plan["daily_local_export"] == [f"2026-01-0{d}" for d in range(1, 6)]
+    assert plan["weekly_cost_report"] == ["2026-01-04"]
+
+
+def test_a_backfill_says_which_days_have_no_partition(tmp_path, monkeypatch):
+    import io
+    from datetime import date
+
+    from bifrost_pipeline.backfill import backfill
+    from bifrost_pipeline.config import load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("log_exports: {exports: []}\npipeline: {start_date: '2026-01-01', data_dir: .}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    out = io.StringIO()
+    assert backfill(load_config(config), config, [date(2025, 12, 30), date(2025, 12, 31), date(2026, 1, 1)], out=out)
+    text = out.getvalue()
+    assert "skipped 2 day(s) outside raw_logs' partitions (2026-01-01 to today): 2025-12-30..2025-12-31" in text
+    assert "[1/1] 2026-01-01 " in text and "== done in" in text

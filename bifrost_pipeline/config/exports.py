@@ -217,7 +217,8 @@ class Anonymize(Strict):
     type: Literal["anonymize"]
     fields: list[str] = Field(min_length=1)
     method: Literal["hash", "redact", "drop"] = "hash"
-    # hash: the HMAC key comes from this environment variable (never from the file itself).
+    # hash: the HMAC key comes from the environment variable key_env, or from `key` written as
+    # "${VAR:-fallback}" (the demo config's way to run without setup); never dumped or printed.
     key_env: str = "BIFROST_ANONYMIZE_KEY"
     key: SecretStr | None = Field(default=None, exclude=True)
 
@@ -231,12 +232,12 @@ class Anonymize(Strict):
     @model_validator(mode="wrap")
     @classmethod
     def _key_from_env(cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Anonymize:
-        """At load, a hash step gets its key from `key_env` (any `key` written in the file is replaced)."""
+        """At load, a hash step gets its key: `key` when the file sets it, else the variable `key_env`."""
         step = handler(data)
         context = _load_context(info)
         if context is None or step.method != "hash" or not isinstance(data, dict):
             return step
-        key = context.env.get(step.key_env)
+        key = step.key.get_secret_value() if step.key else context.env.get(step.key_env)
         if not key:
             raise ValueError(
                 f"key_env: environment variable {step.key_env} is not set (the secret key of the hash)"

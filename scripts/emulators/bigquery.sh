@@ -31,5 +31,6 @@ mkdir -p "${HOME:?HOME must be set}"
 import duckdb_extensions
 for name in ("ducklake", "icu", "spatial"):
     duckdb_extensions.import_extension(name)
-print("local-bigquery ready:", __import__("duckdb").__version__)
+from importlib.metadata import version
+print(f"local-bigquery ready: {version('local-bigquery')} (on DuckDB {version('duckdb')})")
 PY
