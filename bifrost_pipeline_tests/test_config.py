@@ -196,15 +196,21 @@ def test_two_exports_writing_the_same_place_are_rejected():
     assert len(parse_config(fine, env={}).exports) == 2
 
 
-def test_transformations_are_typed_at_load_and_a_hash_key_comes_from_its_variable():
+def test_transformations_are_typed_at_load_and_a_hash_key_comes_from_key_else_its_variable():
     steps = [
-        {"type": "anonymize", "fields": ["customer_id"], "key_env": "MY_KEY", "key": "written-in-the-file"},
+        {"type": "anonymize", "fields": ["customer_id"], "key_env": "MY_KEY"},
         {"type": "aggregate", "group_by": ["model"], "metrics": ["count"]},
+        {"type": "anonymize", "fields": ["user_id"], "key_env": "MY_KEY", "key": "${OTHER_KEY:-fallback}"},
     ]
-    (e,) = parse_config(one_export(data={"transformations": steps}), env={"MY_KEY": "from-env"}).exports
-    anonymize, aggregate = e.transformations
+    env = {"MY_KEY": "from-env"}
+    (e,) = parse_config(one_export(data={"transformations": steps}), env=env).exports
+    anonymize, aggregate, with_key = e.transformations
     assert (type(anonymize).__name__, type(aggregate).__name__) == ("Anonymize", "Aggregate")
     assert anonymize.key.get_secret_value() == "from-env"
+    # `key` (after ${VAR:-default} substitution) beats key_env: the demo config's way to run without setup.
+    assert with_key.key.get_secret_value() == "fallback"
+    (e,) = parse_config(one_export(data={"transformations": steps}), env={**env, "OTHER_KEY": "mine"}).exports
+    assert e.transformations[2].key.get_secret_value() == "mine"
     assert type(e.destination.config).__name__ == "LocalConfig" and e.destination.config.path == "exports"
 
 
