@@ -24,14 +24,14 @@ CASES = "million_row_partition or hundred_thousand_rows or s3_staging"
 
 def duckdb_baseline() -> float:
     sys.path.insert(0, str(ROOT))
-    from bifrost_pipeline.config import AppConfig
+    from bifrost_pipeline.config import AppConfig, destination_context
     from bifrost_pipeline.destinations.duckdb import DuckDBDestination
     from bifrost_pipeline_tests.destinations import warehouse_data as wd
 
     with tempfile.TemporaryDirectory() as tmp:
         output = wd.million_partition("big", Path(tmp))
         app = AppConfig(pipeline={"data_dir": tmp})
-        dest = DuckDBDestination(DuckDBDestination.Config(), export_name="big", app=app)
+        dest = DuckDBDestination(DuckDBDestination.Config(), destination_context(app, "big"))
         started = time.perf_counter()
         dest.write_partition(output)
         return time.perf_counter() - started

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from bifrost_pipeline import records
+from bifrost_pipeline.destinations.base import DestinationContext
 
 DEFAULT_CONFIG_PATH = "bifrost_pipeline.yaml"
 CONFIG_ENV = "BIFROST_PIPELINE_CONFIG"
@@ -650,6 +651,13 @@ def parse_config(
     return app
 
 
+def destination_context(app: AppConfig, export_name: str) -> DestinationContext:
+    """What a destination is told of the application (it never sees the whole config)."""
+    return DestinationContext(
+        export=export_name, base_dir=app.base_dir, data_dir=app.data_dir, warehouse_path=app.warehouse_path
+    )
+
+
 def _shared_locations(app: AppConfig, index: dict[str, int]) -> list[str]:
     """Two exports that would write the same files or table would overwrite each other's partitions."""
     from bifrost_pipeline.destinations import destination_class
@@ -657,7 +665,8 @@ def _shared_locations(app: AppConfig, index: dict[str, int]) -> list[str]:
     seen: dict[str, str] = {}
     problems = []
     for export in app.exports:
-        key = destination_class(export.destination.type).location_key(export.destination.config, app)
+        context = destination_context(app, export.name)
+        key = destination_class(export.destination.type).location_key(export.destination.config, context)
         if key is None:
             continue
         key = key.replace("{export}", export.name)

@@ -82,7 +82,7 @@ def _describe(app, export) -> str:
 def _analyst_query(app) -> None:
     import duckdb
 
-    from bifrost_pipeline.destinations.base import table_for
+    from bifrost_pipeline.destinations.warehouse import table_for
 
     warehouse = [e for e in app.exports if e.destination.type == "duckdb"]
     if not warehouse or not app.warehouse_path.exists():

@@ -28,6 +28,7 @@ from bifrost_pipeline.config import (
     Enrich,
     ExportConfig,
     Schedule,
+    destination_context,
 )
 from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.base import (
@@ -287,7 +288,7 @@ def run_export(
 
 def make_destination(app: AppConfig, export: ExportConfig) -> Destination:
     cls = destination_class(export.destination.type)
-    return cls(export.destination.config, export_name=export.name, app=app)
+    return cls(export.destination.config, destination_context(app, export.name))
 
 
 def _prune_empty(path: Path, stop: Path) -> None:
