@@ -202,8 +202,14 @@ class Destination(ABC):
         """Identifies where outputs land, to reject two exports that would overwrite each other."""
         return None
 
+    def secrets(self) -> list[SecretStr | str | None]:
+        """Values of this destination's config to keep out of every message (see `scrub`)."""
+        return []
+
     def error(self, message: str, *, retryable: bool = False) -> DestinationError:
-        return DestinationError(self.export_name, self.describe(), message, retryable=retryable)
+        return DestinationError(
+            self.export_name, self.describe(), scrub(message, self.secrets()), retryable=retryable
+        )
 
 
 def sha256_file(path: Path) -> str:

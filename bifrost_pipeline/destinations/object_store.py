@@ -13,14 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar
 
-from pydantic import SecretStr
-
 from bifrost_pipeline.destinations.base import (
     URL_USERINFO,
     DestinationError,
     FileStoreDestination,
     PartitionOutput,
-    scrub,
 )
 
 
@@ -57,10 +54,6 @@ class ObjectStoreDestination(FileStoreDestination):
         """A custom endpoint (emulator, S3-compatible store) to mention in messages, or None."""
         return None
 
-    def secrets(self) -> list[SecretStr | str | None]:
-        """Values to keep out of every message (`scrub` skips the empty and the very short)."""
-        return []
-
     def uri(self, key: str) -> str:
         return f"{self.scheme}://{self.container_name()}/{key}"
 
@@ -68,9 +61,6 @@ class ObjectStoreDestination(FileStoreDestination):
         where = self.uri(self._prefix if self._prefix is not None else self.config.prefix)
         endpoint = self.endpoint()
         return f"{where} (endpoint {URL_USERINFO.sub('', endpoint)})" if endpoint else where
-
-    def error(self, message: str, *, retryable: bool = False) -> DestinationError:
-        return DestinationError(self.export_name, self.describe(), scrub(message, self.secrets()), retryable=retryable)
 
     def translate(self, err: Exception, action: str) -> DestinationError:
         """The store's client exception -> a `DestinationError` (subclasses map their error codes)."""

@@ -31,7 +31,6 @@ from bifrost_pipeline.destinations.base import (
     PartitionOutput,
     check_prefix,
     render_prefix,
-    scrub,
 )
 from bifrost_pipeline.destinations.warehouse import (
     PARTITION_COLUMN,
@@ -209,7 +208,7 @@ class RedshiftDestination(Warehouse):
         ) as err:
             raise self.error(
                 f"cannot find the endpoint of cluster {self.config.cluster!r} (set host, or give AWS credentials "
-                f"that may call redshift:DescribeClusters): {scrub(first_line(err), self.secrets())}",
+                f"that may call redshift:DescribeClusters): {first_line(err)}",
                 retryable=not isinstance(err, botocore.exceptions.ClientError),
             ) from None
 
@@ -340,7 +339,7 @@ class RedshiftDestination(Warehouse):
             boto3.exceptions.S3UploadFailedError,
         ) as err:
             raise self.error(
-                f"cannot stage {f.dataset} in s3://{s.bucket}/{key}: {scrub(first_line(err), self.secrets())}",
+                f"cannot stage {f.dataset} in s3://{s.bucket}/{key}: {first_line(err)}",
                 retryable=True,
             ) from None
         return key

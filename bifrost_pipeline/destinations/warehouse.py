@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import SecretStr
-
 from bifrost_pipeline.destinations.base import (
     DatasetFile,
     Destination,
@@ -37,7 +35,6 @@ from bifrost_pipeline.destinations.base import (
     DestinationError,
     PartitionOutput,
     WriteResult,
-    scrub,
 )
 
 PARTITION_COLUMN = "export_partition"  # added to warehouse tables: which export partition a row belongs to
@@ -142,7 +139,6 @@ class Dialect:
         return self.types[c.kind]
 
 
-
 class SQLDialect(Dialect):
     """A store whose catalogue is read and changed with SQL (all but BigQuery, which uses its API)."""
 
@@ -176,7 +172,7 @@ class FoldingDialect(SQLDialect):
 class Warehouse(Destination):
     """A warehouse: each dataset lands in a table named from `config.table` (default: the export's name).
 
-    `Session` below is whatever `connect` returns (a DB-API connection, an SQLAlchemy connection, a client).
+    `session` below is whatever `connect` returns (a DB-API connection, an SQLAlchemy connection, a client).
     """
 
     is_warehouse: ClassVar[bool] = True
@@ -211,10 +207,6 @@ class Warehouse(Destination):
 
     # --- what a store may override ---------------------------------------------------------------------
 
-    def secrets(self) -> list[SecretStr | str | None]:
-        """Values to keep out of every message."""
-        return []
-
     def close(self, session: Any) -> None:
         session.close()
 
@@ -232,6 +224,10 @@ class Warehouse(Destination):
     def ddl(self, session: Any):
         """Context around the table step's DDL (a store whose DDL must run outside a transaction)."""
         return nullcontext()
+
+    def result_metadata(self) -> dict[str, Any]:
+        """Added to the `WriteResult` (e.g. which load method ran)."""
+        return {}
 
     def table_suffix(self, session: Any, cols: list[Column]) -> str:
         """Added after CREATE TABLE's column list (sort keys, partitioning)."""
@@ -280,9 +276,6 @@ class Warehouse(Destination):
             self.close(session)
         return WriteResult(location=self.describe(), written=tables, rows=rows, metadata=self.result_metadata())
 
-    def result_metadata(self) -> dict[str, Any]:
-        return {}
-
     def ensure_table(self, session: Any, table: str, cols: list[Column]) -> None:
         """Create the table when it is missing, else add the columns it lacks (as nullable columns)."""
         with self.ddl(session):
@@ -296,12 +289,9 @@ class Warehouse(Destination):
 
     # --- errors ----------------------------------------------------------------------------------------
 
-    def failure(self, err: BaseException, doing: str, *, retryable: bool | None = None) -> DestinationError:
-        """A driver's exception as a `DestinationError` saying what was being done, without secrets."""
-        message = scrub(self.message(err), self.secrets())
-        if retryable is None:
-            retryable = self.retryable(err)
-        return self.error(f"{doing}: {message}", retryable=retryable)
+    def failure(self, err: BaseException, doing: str) -> DestinationError:
+        """A driver's exception as a `DestinationError` saying what was being done (`error` scrubs it)."""
+        return self.error(f"{doing}: {self.message(err)}", retryable=self.retryable(err))
 
     def message(self, err: BaseException) -> str:
         """The part of a driver's exception worth showing (its first line)."""
