@@ -31,7 +31,7 @@ def duckdb_baseline() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         output = wd.million_partition("big", Path(tmp))
         app = AppConfig(pipeline={"data_dir": tmp})
-        dest = DuckDBDestination(DuckDBDestination.Config(), export_name="big", app=app)
+        dest = DuckDBDestination(DuckDBDestination.Config(), app.destination_context("big"))
         started = time.perf_counter()
         dest.write_partition(output)
         return time.perf_counter() - started

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TextIO
 
 from bifrost_pipeline.config import AppConfig, ExportConfig
-from bifrost_pipeline.demo import UI
 
+UI = "http://127.0.0.1:3000"  # `make dev`'s Dagster UI
 UI_RUNS = f"{UI}/runs"
 # The console logger of each in-process run only passes what is critical; the event log keeps everything.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}

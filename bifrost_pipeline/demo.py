@@ -6,10 +6,11 @@ import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from bifrost_pipeline.backfill import UI
+
 # The fallback key of bifrost_pipeline.yaml's `key: "${BIFROST_ANONYMIZE_KEY:-demo-only-anonymize-key}"`.
 DEMO_KEY = "demo-only-anonymize-key"
-# `make dev`'s UI, and its global asset graph with the three asset groups (ingest, pipeline, exports) expanded.
-UI = "http://127.0.0.1:3000"
+# The global asset graph of `make dev`'s UI with the three asset groups (ingest, pipeline, exports) expanded.
 LINEAGE_URL = f"{UI}/asset-groups?expanded=global@global:ingest,global@global:pipeline,global@global:exports"
 
 
@@ -102,7 +103,7 @@ def _describe(app, export) -> str:
 def _analyst_query(app) -> None:
     import duckdb
 
-    from bifrost_pipeline.destinations.base import table_for
+    from bifrost_pipeline.destinations.warehouse import table_for
 
     warehouse = [e for e in app.exports if e.destination.type == "duckdb"]
     if not warehouse or not app.warehouse_path.exists():

@@ -249,7 +249,7 @@ def run_export(
 
 def make_destination(app: AppConfig, export: ExportConfig) -> Destination:
     cls = destination_class(export.destination.type)
-    return cls(export.destination.config, export_name=export.name, app=app)
+    return cls(export.destination.config, app.destination_context(export.name))
 
 
 def _prune_empty(path: Path, stop: Path) -> None:

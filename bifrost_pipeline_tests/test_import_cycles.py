@@ -19,12 +19,6 @@ PACKAGE_DIR = Path(bifrost_pipeline.__file__).parent
 
 # Import edges (importer, imported) that close a cycle in another part of issue 10, ignored here until
 # that part is merged. Empty it then: test_the_known_cycles_are_still_there fails for a stale entry.
-KNOWN_CYCLES_TO_REMOVE: set[tuple[str, str]] = {
-    # destinations/base.py imports AppConfig under TYPE_CHECKING, while config checks each destination's
-    # config with DestinationConfig from destinations/base.py. Removed when destinations take a small
-    # context instead of the whole AppConfig (issue 10, part 3, destinations side).
-    ("bifrost_pipeline.destinations.base", "bifrost_pipeline.config"),
-}
 
 Graph = dict[str, dict[str, int]]  # module -> {imported module: line of the first such import}
 
@@ -113,24 +107,10 @@ def describe(cycle: list[str], graph: Graph) -> str:
     return "\n".join(f"  {a} (line {graph[a][b]}) -> {b}" for a, b in pairwise(cycle))
 
 
-def without_known_cycles(graph: Graph) -> Graph:
-    return {
-        a: {b: line for b, line in targets.items() if (a, b) not in KNOWN_CYCLES_TO_REMOVE}
-        for a, targets in graph.items()
-    }
-
-
 def test_no_import_cycle_in_the_package():
-    graph = without_known_cycles(import_graph(PACKAGE_DIR))
+    graph = import_graph(PACKAGE_DIR)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle:\n" + describe(cycle, graph)
-
-
-def test_the_known_cycles_are_still_there():
-    graph = import_graph(PACKAGE_DIR)
-    for a, b in sorted(KNOWN_CYCLES_TO_REMOVE):
-        assert b in graph.get(a, {}), f"{a} no longer imports {b}: remove it from KNOWN_CYCLES_TO_REMOVE"
-        assert reaches(graph, b, a), f"{a} -> {b} closes no cycle any more: remove it from KNOWN_CYCLES_TO_REMOVE"
 
 
 def test_every_kind_of_import_counts(tmp_path):

@@ -12,6 +12,7 @@ from pydantic import Field
 from bifrost_pipeline.config.base import Strict
 from bifrost_pipeline.config.exports import ExportConfig, LogExports
 from bifrost_pipeline.config.proxy import ClientConfig, ProviderConfig, ProxyConfig
+from bifrost_pipeline.destinations.base import DestinationContext
 
 
 class LandingConfig(Strict):
@@ -93,6 +94,12 @@ class AppConfig(Strict):
     @property
     def warehouse_path(self) -> Path:
         return self.resolve(self.pipeline.warehouse) if self.pipeline.warehouse else self.data_dir / "warehouse.duckdb"
+
+    def destination_context(self, export_name: str) -> DestinationContext:
+        """What a destination is told of the application (it never sees the whole config)."""
+        return DestinationContext(
+            export=export_name, base_dir=self.base_dir, data_dir=self.data_dir, warehouse_path=self.warehouse_path
+        )
 
     def export(self, name: str) -> ExportConfig:
         for e in self.exports:

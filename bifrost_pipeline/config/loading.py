@@ -232,7 +232,9 @@ def _shared_locations(app: AppConfig, index: dict[str, int], destinations: Mappi
     seen: dict[str, str] = {}
     problems = []
     for export in app.exports:
-        key = destinations[export.destination.type].location_key(export.destination.config, app)
+        key = destinations[export.destination.type].location_key(
+            export.destination.config, app.destination_context(export.name)
+        )
         if key is None:
             continue
         key = key.replace("{export}", export.name)

@@ -9,9 +9,8 @@ from bifrost_pipeline.config import AppConfig, ExportConfig
 from bifrost_pipeline.defs.partitions import export_partitions
 from bifrost_pipeline.defs.raw import RAW, landing_state, recorded_landing_state
 from bifrost_pipeline.defs.resources import PipelineResource
-from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.base import DestinationError
-from bifrost_pipeline.exports import run_export
+from bifrost_pipeline.exports import make_destination, run_export
 from bifrost_pipeline.windows import partition_window, utc_days
 
 if TYPE_CHECKING:
@@ -22,8 +21,6 @@ if TYPE_CHECKING:
         UnresolvedPartitionedAssetScheduleDefinition,
     )
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-
-WAREHOUSE_KINDS = {"duckdb", "snowflake", "bigquery", "redshift", "sql"}
 
 
 def job_name(export: ExportConfig) -> str:
@@ -65,8 +62,8 @@ def raw_mapping(export: ExportConfig) -> dg.PartitionMapping:
 
 def build_export_asset(app: AppConfig, export: ExportConfig) -> dg.AssetsDefinition:
     kind = export.destination.type
-    destination = destination_class(kind)(export.destination.config, export_name=export.name, app=app)
-    tags = {"bifrost/warehouse": kind} if kind in WAREHOUSE_KINDS else {}
+    destination = make_destination(app, export)
+    tags = {"bifrost/warehouse": kind} if destination.is_warehouse else {}
 
     @dg.asset(
         name=export.asset_name,

@@ -22,7 +22,6 @@ from bifrost_pipeline.destinations.object_store import (
     ObjectStoreDestination,
     check_endpoint,
     check_name,
-    secret_values,
     short,
 )
 
@@ -83,7 +82,7 @@ class AzureBlobDestination(ObjectStoreDestination):
     config: AzureBlobConfig
 
     @classmethod
-    def location_key(cls, config, app) -> str:
+    def location_key(cls, config, context) -> str:
         where = config.account_url or config.account_name or "connection-string"
         return f"azure_blob:{where}/{config.container}/{config.prefix}"
 
@@ -108,16 +107,16 @@ class AzureBlobDestination(ObjectStoreDestination):
     def endpoint(self) -> str | None:
         return self.config.account_url
 
-    def secrets(self) -> list[str]:
+    def secrets(self) -> list[SecretStr | str | None]:
         cfg = self.config
-        out = secret_values(cfg.account_key, cfg.sas_token, cfg.connection_string)
+        out: list[SecretStr | str | None] = [cfg.account_key, cfg.sas_token, cfg.connection_string]
         if cfg.sas_token:
-            out += secret_values(cfg.sas_token.get_secret_value().lstrip("?"))
+            out.append(cfg.sas_token.get_secret_value().lstrip("?"))
         if cfg.connection_string:
             for part in cfg.connection_string.get_secret_value().split(";"):
                 name, _, value = part.partition("=")
                 if name.strip().lower() in ("accountkey", "sharedaccesssignature"):
-                    out += secret_values(value)
+                    out.append(value)
         return out
 
     def _client_options(self) -> dict:

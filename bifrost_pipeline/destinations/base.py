@@ -3,7 +3,10 @@
 The export step stages every dataset of a partition as local files first (in the export's format, plus a
 Parquet copy that warehouses load); a destination then ships that `PartitionOutput` with
 `write_partition`. A new store is one module with a `Destination` subclass (and its `Config` model) and
-one line in `destinations/__init__.py`.
+one line in `destinations/__init__.py`; a warehouse subclasses `warehouse.Warehouse` (docs/warehouses.md).
+
+Destinations never see the application's config: they get a `DestinationContext` (the export's name and the
+few paths they resolve against), built from the config in one place (`config.destination_context`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
-
-if TYPE_CHECKING:
-    from bifrost_pipeline.config import AppConfig
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 MANIFEST_NAME = "_manifest.json"
 PREFIX_FIELDS = ("year", "month", "day", "hour", "export", "partition")
@@ -34,6 +34,42 @@ class DestinationError(RuntimeError):
     def __init__(self, export: str, store: str, message: str, *, retryable: bool = False):
         self.export, self.store, self.retryable = export, store, retryable
         super().__init__(f"export {export!r} -> {store}: {message}")
+
+
+# Shorter values are not replaced: they would match ordinary words of a message and protect nothing anyway.
+MIN_SECRET_LENGTH = 3
+_SIGNED_PARAMS = re.compile(
+    r"(?i)\b(sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
+    r"x-goog-credential|accountkey|sharedaccesssignature|access_token)=[^&;\s'\"]+"
+)
+URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def scrub(text: str, secrets: Iterable[SecretStr | str | None]) -> str:
+    """`text` without the given secret values, URL credentials or signature-like URL parameters.
+
+    The one scrubber of every destination: a driver or client library may echo a password, a connection
+    string or a signed URL back in its error.
+    """
+    for secret in secrets:
+        value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+        if value and len(value) >= MIN_SECRET_LENGTH:
+            text = text.replace(value, "***")
+    return URL_USERINFO.sub("***@", _SIGNED_PARAMS.sub(lambda m: m.group(1) + "=***", text))
+
+
+@dataclass(frozen=True)
+class DestinationContext:
+    """What a destination needs to know beyond its own config block."""
+
+    export: str  # the export's name
+    base_dir: Path  # relative paths of a destination's config (a key file, a DuckDB file) resolve here
+    data_dir: Path  # the pipeline's data directory (`local` exports default under it)
+    warehouse_path: Path  # the embedded DuckDB warehouse
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
 
 
 class DestinationConfig(BaseModel):
@@ -142,11 +178,16 @@ class WriteResult:
 class Destination(ABC):
     kind: ClassVar[str]
     Config: ClassVar[type[DestinationConfig]]
+    # Warehouses share the run-concurrency limit of dagster.yaml (tag bifrost/warehouse); see warehouse.py.
+    is_warehouse: ClassVar[bool] = False
 
-    def __init__(self, config: DestinationConfig, *, export_name: str, app: AppConfig):
+    def __init__(self, config: DestinationConfig, context: DestinationContext):
         self.config = config
-        self.export_name = export_name
-        self.app = app
+        self.context = context
+
+    @property
+    def export_name(self) -> str:
+        return self.context.export
 
     @abstractmethod
     def write_partition(self, output: PartitionOutput) -> WriteResult:
@@ -157,12 +198,18 @@ class Destination(ABC):
         """Where this destination writes, for the UI and logs; never a secret."""
 
     @classmethod
-    def location_key(cls, config: DestinationConfig, app: AppConfig) -> str | None:
+    def location_key(cls, config: DestinationConfig, context: DestinationContext) -> str | None:
         """Identifies where outputs land, to reject two exports that would overwrite each other."""
         return None
 
+    def secrets(self) -> list[SecretStr | str | None]:
+        """Values of this destination's config to keep out of every message (see `scrub`)."""
+        return []
+
     def error(self, message: str, *, retryable: bool = False) -> DestinationError:
-        return DestinationError(self.export_name, self.describe(), message, retryable=retryable)
+        return DestinationError(
+            self.export_name, self.describe(), scrub(message, self.secrets()), retryable=retryable
+        )
 
 
 def sha256_file(path: Path) -> str:
@@ -171,24 +218,6 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(4 * 1024 * 1024):
             h.update(chunk)
     return h.hexdigest()
-
-
-class TableDestination(Destination):
-    """A warehouse: each dataset lands in a table named from `config.table` (default: the export's name)."""
-
-    @property
-    def table(self) -> str:
-        return self.config.table or self.export_name
-
-    @classmethod
-    def location_key(cls, config, app) -> str | None:
-        # Without `table` the table is the export's own name, which no other export has.
-        return cls.table_location(config, app) if config.table else None
-
-    @classmethod
-    @abstractmethod
-    def table_location(cls, config, app) -> str:
-        """The configured table, fully qualified (server, database, schema), in the store's case rules."""
 
 
 class FileStoreDestination(Destination):
@@ -251,11 +280,3 @@ class FileStoreDestination(Destination):
             removed=[self.uri(k) for k in stale],
             rows={f.dataset: f.rows for f in output.files},
         )
-
-
-def table_for(table: str, dataset: str) -> str:
-    """Warehouse table of a dataset: `table` holds request_logs, `table_<dataset>` every other dataset."""
-    return table if dataset == "request_logs" else f"{table}_{dataset}"
-
-
-PARTITION_COLUMN = "export_partition"  # added to warehouse tables: which export partition a row belongs to

@@ -19,20 +19,11 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
-from bifrost_pipeline.destinations.base import (
-    PARTITION_COLUMN,
-    DatasetFile,
-    DestinationConfig,
-    PartitionOutput,
-    TableDestination,
-    WriteResult,
-    table_for,
-)
-from bifrost_pipeline.destinations.warehouse import Column, columns_of, first_line, scrub
+from bifrost_pipeline.destinations.base import DatasetFile, DestinationConfig, PartitionOutput
+from bifrost_pipeline.destinations.warehouse import PARTITION_COLUMN, Column, Dialect, Warehouse
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
 CLUSTER_BY = ("provider", "model")
@@ -62,12 +53,12 @@ class BigQueryConfig(DestinationConfig):
         return v
 
 
-def bigquery_type(c: Column) -> str:
-    if c.kind == "decimal":
-        if c.scale <= 9 and c.precision - c.scale <= 29:
-            return "NUMERIC"
-        return "BIGNUMERIC"
-    return {
+class BigQueryDialect(Dialect):
+    """Backtick-quoted names; column names are case-insensitive. Tables are listed, created and altered
+    through the API (no query job), so this dialect has no SQL catalogue statements."""
+
+    partition_type = "STRING"
+    types = {
         "string": "STRING",
         "int32": "INT64",
         "int64": "INT64",
@@ -77,15 +68,22 @@ def bigquery_type(c: Column) -> str:
         "timestamptz": "TIMESTAMP",
         "timestamp": "DATETIME",
         "json": "JSON",
-    }[c.kind]
+    }
+
+    def type_of(self, c: Column) -> str:
+        if c.kind == "decimal":
+            return "NUMERIC" if c.scale <= 9 and c.precision - c.scale <= 29 else "BIGNUMERIC"
+        return self.types[c.kind]
+
+    def column_key(self, name: str) -> str:
+        return name.lower()
+
+    def quote(self, name: str) -> str:
+        return "`" + name.replace("`", "\\`") + "`"
 
 
 # What the API reports for the legacy names of the same types.
 _SAME = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
-
-
-def quote(name: str) -> str:
-    return "`" + name.replace("`", "\\`") + "`"
 
 
 def time_partition_field(cols: list[Column]) -> str | None:
@@ -99,23 +97,30 @@ def time_partition_field(cols: list[Column]) -> str | None:
     return None
 
 
-class BigQueryDestination(TableDestination):
+class BigQueryDestination(Warehouse):
     kind = "bigquery"
     Config = BigQueryConfig
     config: BigQueryConfig
+    dialect = BigQueryDialect()
 
     @classmethod
-    def table_location(cls, config, app) -> str:
+    def table_location(cls, config, context) -> str:
         return f"bigquery:{config.project_id}.{config.dataset}.{config.table}"
 
     def describe(self) -> str:
         return f"bigquery:{self.config.project_id}.{self.config.dataset}.{self.table}"
 
+    def table_ref(self, table: str) -> str:
+        return f"{self.config.project_id}.{self.config.dataset}.{table}"
+
+    def qualified(self, table: str) -> str:
+        q = self.dialect.quote
+        return f"{q(self.config.project_id)}.{q(self.config.dataset)}.{q(table)}"
+
     # --- client -----------------------------------------------------------------------------------------
 
-    def _secrets(self) -> list[str | None]:
-        key = self.config.credentials.service_account_key
-        return [key.get_secret_value() if key else None]
+    def secrets(self) -> list:
+        return [self.config.credentials.service_account_key]
 
     def _credentials(self):
         key = self.config.credentials.service_account_key
@@ -132,7 +137,7 @@ class BigQueryDestination(TableDestination):
             if text.startswith("{"):
                 info = json.loads(text)
                 return service_account.Credentials.from_service_account_info(info)
-            path = self.app.resolve(text) if self.app else Path(text)
+            path = self.context.resolve(text)
             return service_account.Credentials.from_service_account_file(str(path))
         except (ValueError, KeyError, OSError) as err:
             # Never echo the key: only what kind of problem it has.
@@ -141,118 +146,117 @@ class BigQueryDestination(TableDestination):
                 kind = f"names a file that cannot be read ({err.strerror or type(err).__name__})"
             raise self.error(f"credentials.service_account_key {kind}") from None
 
-    def client(self):
+    def connect(self):
         from google.api_core.client_options import ClientOptions
         from google.cloud import bigquery
 
         options = ClientOptions(api_endpoint=self.config.api_endpoint) if self.config.api_endpoint else None
+        credentials = self._credentials()
         try:
             return bigquery.Client(
                 project=self.config.project_id,
-                credentials=self._credentials(),
+                credentials=credentials,
                 location=self.config.location,
                 client_options=options,
             )
         except Exception as err:  # google.auth.exceptions.DefaultCredentialsError and the like
-            raise self._fail(err, "cannot create the BigQuery client") from None
+            raise self.failure(err, "cannot create the BigQuery client") from None
 
     def _retry(self):
         from google.cloud import bigquery
 
         return bigquery.DEFAULT_RETRY.with_deadline(self.config.retry_deadline)
 
-    def _fail(self, err: BaseException, doing: str):
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
         from google.api_core import exceptions as gexc
 
-        message = scrub(first_line(err), self._secrets())
-        retryable = isinstance(
-            err, gexc.ServiceUnavailable | gexc.InternalServerError | gexc.TooManyRequests | gexc.RetryError
-        ) or isinstance(err, ConnectionError | TimeoutError)
-        try:
-            import requests
+        return (gexc.GoogleAPIError, OSError)  # OSError: also requests' connection errors and timeouts
 
-            retryable = retryable or isinstance(
-                err, requests.exceptions.ConnectionError | requests.exceptions.Timeout
-            )
-        except ImportError:
-            pass
-        return self.error(f"{doing}: {message}", retryable=retryable)
-
-    # --- writing ----------------------------------------------------------------------------------------
-
-    def write_partition(self, output: PartitionOutput) -> WriteResult:
+    def retryable(self, err: BaseException) -> bool:
         from google.api_core import exceptions as gexc
 
-        client = self.client()
-        rows: dict[str, int] = {}
-        tables: list[str] = []
-        try:
-            try:
-                self._ensure_dataset(client)
-            except (gexc.GoogleAPIError, OSError) as err:
-                raise self._fail(
-                    err, f"cannot use dataset {self.config.project_id}.{self.config.dataset}"
-                ) from None
-            for f in output.files:
-                name = table_for(self.table, f.dataset)
-                try:
-                    rows[f.dataset] = self._load(client, name, f, output.partition_key)
-                except (gexc.GoogleAPIError, OSError) as err:
-                    raise self._fail(err, f"loading {f.dataset} into {name} failed") from None
-                tables.append(f"{self.config.project_id}.{self.config.dataset}.{name}")
-        finally:
-            client.close()
-        return WriteResult(location=self.describe(), written=tables, rows=rows)
+        return isinstance(
+            err,
+            gexc.ServiceUnavailable
+            | gexc.InternalServerError
+            | gexc.TooManyRequests
+            | gexc.RetryError
+            | ConnectionError
+            | TimeoutError,
+        ) or _is_requests_transient(err)
 
-    def _ensure_dataset(self, client) -> None:
+    def execute(self, session, sql: str, params=()) -> list[tuple]:
+        """Run one query job; `params` maps names to STRING values (@name in the SQL)."""
+        from google.cloud import bigquery
+
+        config = bigquery.QueryJobConfig(
+            query_parameters=[bigquery.ScalarQueryParameter(k, "STRING", v) for k, v in dict(params).items()]
+        )
+        job = session.query(sql, job_config=config, retry=self._retry(), timeout=self.config.job_timeout)
+        return [tuple(r.values()) for r in job.result(timeout=self.config.job_timeout)]
+
+    # --- the table step, through the API ---------------------------------------------------------------
+
+    def prepare(self, session) -> None:
         from google.api_core.exceptions import NotFound
         from google.cloud import bigquery
 
         ref = f"{self.config.project_id}.{self.config.dataset}"
-        try:
-            client.get_dataset(ref, retry=self._retry(), timeout=60)
-        except NotFound:
-            ds = bigquery.Dataset(ref)
-            if self.config.location:
-                ds.location = self.config.location
-            client.create_dataset(ds, exists_ok=True, retry=self._retry(), timeout=60)
+        with self.failing(f"cannot use dataset {ref}"):
+            try:
+                session.get_dataset(ref, retry=self._retry(), timeout=60)
+            except NotFound:
+                ds = bigquery.Dataset(ref)
+                if self.config.location:
+                    ds.location = self.config.location
+                session.create_dataset(ds, exists_ok=True, retry=self._retry(), timeout=60)
 
-    def _ensure_table(self, client, name: str, cols: list[Column]):
+    def _get_table(self, session, table: str):
+        return session.get_table(self.table_ref(table), retry=self._retry(), timeout=60)
+
+    def column_names(self, session, table: str) -> set[str]:
         from google.api_core.exceptions import NotFound
-        from google.cloud import bigquery
 
-        ref = f"{self.config.project_id}.{self.config.dataset}.{name}"
-        wanted = [bigquery.SchemaField(c.name, bigquery_type(c), mode="NULLABLE") for c in cols]
         try:
-            table = client.get_table(ref, retry=self._retry(), timeout=60)
+            return {f.name for f in self._get_table(session, table).schema}
         except NotFound:
-            table = bigquery.Table(
-                ref, schema=[*wanted, bigquery.SchemaField(PARTITION_COLUMN, "STRING", mode="REQUIRED")]
-            )
-            field = time_partition_field(cols)
-            if field:
-                table.time_partitioning = bigquery.TimePartitioning(
-                    type_=bigquery.TimePartitioningType.DAY, field=field
-                )
-            clustering = [c for c in CLUSTER_BY if c in {col.name for col in cols}]
-            if clustering:
-                table.clustering_fields = clustering
-            return client.create_table(table, exists_ok=True, retry=self._retry(), timeout=60)
-        existing = {f.name.lower() for f in table.schema}
-        # A field added to the schema becomes a new NULLABLE column; old rows read NULL.
-        added = [f for f in wanted if f.name.lower() not in existing]
-        if added:
-            table.schema = [*table.schema, *added]
-            table = client.update_table(table, ["schema"], retry=self._retry(), timeout=60)
-        return table
+            return set()
 
-    def _load(self, client, name: str, f: DatasetFile, partition_key: str) -> int:
+    def create_table(self, session, table: str, cols: list[Column]) -> None:
         from google.cloud import bigquery
 
-        cols = columns_of(f)
-        table = self._ensure_table(client, name, cols)
-        types = {s.name.lower(): _SAME.get(s.field_type, s.field_type) for s in table.schema}
-        staging = f"{self.config.project_id}.{self.config.dataset}._{name}__load_{uuid.uuid4().hex[:12]}"
+        spec = bigquery.Table(
+            self.table_ref(table),
+            schema=[
+                *self._fields(cols),
+                bigquery.SchemaField(PARTITION_COLUMN, self.dialect.partition_type, mode="REQUIRED"),
+            ],
+        )
+        field = time_partition_field(cols)
+        if field:
+            spec.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY, field=field)
+        clustering = [c for c in CLUSTER_BY if c in {col.name for col in cols}]
+        if clustering:
+            spec.clustering_fields = clustering
+        session.create_table(spec, exists_ok=True, retry=self._retry(), timeout=60)
+
+    def add_columns(self, session, table: str, cols: list[Column]) -> None:
+        current = self._get_table(session, table)
+        current.schema = [*current.schema, *self._fields(cols)]
+        session.update_table(current, ["schema"], retry=self._retry(), timeout=60)
+
+    def _fields(self, cols: list[Column]) -> list:
+        from google.cloud import bigquery
+
+        return [bigquery.SchemaField(c.name, self.dialect.type_of(c), mode="NULLABLE") for c in cols]
+
+    # --- load job + MERGE ------------------------------------------------------------------------------
+
+    def load(self, session, table: str, cols: list[Column], f: DatasetFile, output: PartitionOutput) -> int:
+        from google.cloud import bigquery
+
+        types = {s.name.lower(): _SAME.get(s.field_type, s.field_type) for s in self._get_table(session, table).schema}
+        staging = f"{self.config.project_id}.{self.config.dataset}._{table}__load_{uuid.uuid4().hex[:12]}"
         job_config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.PARQUET,
             write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
@@ -260,47 +264,47 @@ class BigQueryDestination(TableDestination):
         )
         try:
             with open(f.parquet_path, "rb") as fh:
-                job = client.load_table_from_file(
+                job = session.load_table_from_file(
                     fh, staging, job_config=job_config, timeout=self.config.job_timeout, num_retries=3
                 )
             job.result(timeout=self.config.job_timeout)
             if job.output_rows is not None and job.output_rows != f.rows:
                 raise self.error(f"the load job of {f.dataset} loaded {job.output_rows} of {f.rows} rows")
             try:  # a staging table left behind by a crash disappears by itself
-                st = client.get_table(staging)
+                st = session.get_table(staging)
                 st.expires = datetime.now(UTC) + timedelta(days=1)
-                client.update_table(st, ["expires"])
+                session.update_table(st, ["expires"])
             except Exception:
                 pass
-            self._merge(client, table, staging, cols, types, partition_key)
+            self.execute(session, self._merge_sql(table, staging, cols, types), {"partition": output.partition_key})
         finally:
-            client.delete_table(staging, not_found_ok=True)
+            session.delete_table(staging, not_found_ok=True)
         return f.rows
 
-    def _merge(
-        self, client, table, staging: str, cols: list[Column], types: dict, partition_key: str
-    ) -> None:
-        from google.cloud import bigquery
+    def _merge_sql(self, table: str, staging: str, cols: list[Column], types: dict) -> str:
+        """One MERGE: delete the partition's rows (NOT MATCHED BY SOURCE) and insert the staged ones."""
+        q = self.dialect.quote
 
         def source(c: Column) -> str:
-            target = types.get(c.name.lower(), bigquery_type(c))
+            target = types.get(c.name.lower(), self.dialect.type_of(c))
             if target == "JSON":
-                return f"PARSE_JSON({quote(c.name)}) AS {quote(c.name)}"
-            return f"CAST({quote(c.name)} AS {target}) AS {quote(c.name)}"
+                return f"PARSE_JSON({q(c.name)}) AS {q(c.name)}"
+            return f"CAST({q(c.name)} AS {target}) AS {q(c.name)}"
 
-        names = [quote(c.name) for c in cols] + [quote(PARTITION_COLUMN)]
-        target = f"{quote(self.config.project_id)}.{quote(self.config.dataset)}.{quote(table.table_id)}"
-        sql = (
-            f"MERGE {target} T\n"
-            f"USING (SELECT {', '.join(source(c) for c in cols)}, @partition AS {quote(PARTITION_COLUMN)} "
+        names = [q(c.name) for c in cols] + [q(PARTITION_COLUMN)]
+        return (
+            f"MERGE {self.qualified(table)} T\n"
+            f"USING (SELECT {', '.join(source(c) for c in cols)}, @partition AS {q(PARTITION_COLUMN)} "
             f"FROM `{staging}`) S\n"
             "ON FALSE\n"
-            f"WHEN NOT MATCHED BY SOURCE AND T.{quote(PARTITION_COLUMN)} = @partition THEN DELETE\n"
+            f"WHEN NOT MATCHED BY SOURCE AND T.{q(PARTITION_COLUMN)} = @partition THEN DELETE\n"
             f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) VALUES ({', '.join('S.' + n for n in names)})"
         )
-        config = bigquery.QueryJobConfig(
-            query_parameters=[bigquery.ScalarQueryParameter("partition", "STRING", partition_key)]
-        )
-        client.query(sql, job_config=config, retry=self._retry(), timeout=self.config.job_timeout).result(
-            timeout=self.config.job_timeout
-        )
+
+
+def _is_requests_transient(err: BaseException) -> bool:
+    try:
+        import requests
+    except ImportError:
+        return False
+    return isinstance(err, requests.exceptions.ConnectionError | requests.exceptions.Timeout)

@@ -8,37 +8,32 @@ from pathlib import Path
 from pydantic import Field
 
 from bifrost_pipeline.destinations.base import (
-    PARTITION_COLUMN,
     DatasetFile,
     DestinationConfig,
+    DestinationContext,
     PartitionOutput,
-    TableDestination,
-    WriteResult,
-    table_for,
 )
-from bifrost_pipeline.destinations.warehouse import Column, columns_of
-
-_TYPES = {
-    "string": "VARCHAR",
-    "int32": "INTEGER",
-    "int64": "BIGINT",
-    "double": "DOUBLE",
-    "bool": "BOOLEAN",
-    "date": "DATE",
-    "timestamptz": "TIMESTAMPTZ",
-    "timestamp": "TIMESTAMP",
-    "json": "JSON",
-}
+from bifrost_pipeline.destinations.warehouse import PARTITION_COLUMN, Column, SQLDialect, Warehouse
 
 
-def duckdb_type(column: Column) -> str:
-    if column.kind == "decimal":
-        return f"DECIMAL({column.precision}, {column.scale})"
-    return _TYPES[column.kind]
+class DuckDBDialect(SQLDialect):
+    types = {
+        "string": "VARCHAR",
+        "int32": "INTEGER",
+        "int64": "BIGINT",
+        "double": "DOUBLE",
+        "bool": "BOOLEAN",
+        "date": "DATE",
+        "timestamptz": "TIMESTAMPTZ",
+        "timestamp": "TIMESTAMP",
+        "json": "JSON",
+    }
 
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    def columns_query(self, schema: str, table: str) -> tuple[str, tuple]:
+        return (
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            (schema, table),
+        )
 
 
 class DuckDBConfig(DestinationConfig):
@@ -47,24 +42,39 @@ class DuckDBConfig(DestinationConfig):
     table: str | None = None  # default: the export's name
 
 
-class DuckDBDestination(TableDestination):
+def database_path(config: DuckDBConfig, context: DestinationContext) -> Path:
+    return context.resolve(config.path) if config.path else context.warehouse_path
+
+
+class DuckDBDestination(Warehouse):
     kind = "duckdb"
     Config = DuckDBConfig
     config: DuckDBConfig
+    dialect = DuckDBDialect()
 
     @property
     def path(self) -> Path:
-        return self.app.resolve(self.config.path) if self.config.path else self.app.warehouse_path
+        return database_path(self.config, self.context)
 
     @classmethod
-    def table_location(cls, config, app) -> str:
-        path = app.resolve(config.path) if config.path else app.warehouse_path
-        return f"duckdb:{path.resolve()}:{config.schema_name}.{config.table}".lower()
+    def table_location(cls, config, context) -> str:
+        return f"duckdb:{database_path(config, context).resolve()}:{config.schema_name}.{config.table}".lower()
 
     def describe(self) -> str:
         return f"duckdb:{self.path}#{self.config.schema_name}.{self.table}"
 
-    def _connect(self):
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
+        import duckdb
+
+        return (duckdb.Error,)
+
+    def retryable(self, err: BaseException) -> bool:
+        import duckdb
+
+        # The file is busy or the disk refused a write; a conflicting transaction: all may pass.
+        return isinstance(err, duckdb.IOException | duckdb.TransactionException)
+
+    def connect(self):
         import duckdb
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,52 +88,30 @@ class DuckDBDestination(TableDestination):
                     raise self.error(f"cannot open the warehouse: {err}", retryable=True) from None
                 time.sleep(0.5)
 
-    def write_partition(self, output: PartitionOutput) -> WriteResult:
-        con = self._connect()
-        try:
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.config.schema_name)}")
-            rows = {}
-            tables = []
-            for f in output.files:
-                name = table_for(self.table, f.dataset)
-                self._load(con, name, f, output.partition_key)
-                rows[f.dataset] = f.rows
-                tables.append(f"{self.config.schema_name}.{name}")
-        finally:
-            con.close()
-        return WriteResult(location=self.describe(), written=tables, rows=rows)
+    def execute(self, session, sql: str, params=()) -> list[tuple]:
+        session.execute(sql, list(params))
+        return session.fetchall() if session.description else []
 
-    def _load(self, con, table: str, f: DatasetFile, partition_key: str) -> None:
-        qualified = f"{quote(self.config.schema_name)}.{quote(table)}"
-        wanted = [(c.name, duckdb_type(c)) for c in columns_of(f)]
-        con.execute(
-            f"CREATE TABLE IF NOT EXISTS {qualified} ("
-            + ", ".join(f"{quote(n)} {t}" for n, t in wanted)
-            + f", {quote(PARTITION_COLUMN)} VARCHAR NOT NULL)"
-        )
-        existing = {
-            r[0]
-            for r in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
-                [self.config.schema_name, table],
-            ).fetchall()
-        }
-        # A field added to the schema becomes a new nullable column; old rows read NULL.
-        for n, t in wanted:
-            if n not in existing:
-                con.execute(f"ALTER TABLE {qualified} ADD COLUMN {quote(n)} {t}")
+    def prepare(self, session) -> None:
+        with self.failing(f"cannot create schema {self.config.schema_name}"):
+            self.execute(session, f"CREATE SCHEMA IF NOT EXISTS {self.dialect.quote(self.config.schema_name)}")
+
+    def load(self, session, table: str, cols: list[Column], f: DatasetFile, output: PartitionOutput) -> int:
+        q = self.dialect.quote
+        qualified = self.qualified(table)
         select = ", ".join(
-            f"CAST({quote(n)} AS {t}) AS {quote(n)}" if t == "JSON" else quote(n) for n, t in wanted
+            f"CAST({q(c.name)} AS JSON) AS {q(c.name)}" if c.kind == "json" else q(c.name) for c in cols
         )
-        con.execute("BEGIN TRANSACTION")
+        session.execute("BEGIN TRANSACTION")
         try:
-            con.execute(f"DELETE FROM {qualified} WHERE {quote(PARTITION_COLUMN)} = ?", [partition_key])
-            con.execute(
-                f"INSERT INTO {qualified} BY NAME SELECT {select}, ? AS {quote(PARTITION_COLUMN)} "
+            session.execute(f"DELETE FROM {qualified} WHERE {q(PARTITION_COLUMN)} = ?", [output.partition_key])
+            session.execute(
+                f"INSERT INTO {qualified} BY NAME SELECT {select}, ? AS {q(PARTITION_COLUMN)} "
                 f"FROM read_parquet(?)",
-                [partition_key, str(f.parquet_path)],
+                [output.partition_key, str(f.parquet_path)],
             )
-            con.execute("COMMIT")
+            session.execute("COMMIT")
         except Exception:
-            con.execute("ROLLBACK")
+            session.execute("ROLLBACK")
             raise
+        return f.rows

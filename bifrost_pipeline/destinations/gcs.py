@@ -24,7 +24,6 @@ from bifrost_pipeline.destinations.object_store import (
     ObjectStoreDestination,
     check_endpoint,
     check_name,
-    secret_values,
     short,
 )
 
@@ -82,7 +81,7 @@ class GCSDestination(ObjectStoreDestination):
     config: GCSConfig
 
     @classmethod
-    def location_key(cls, config, app) -> str:
+    def location_key(cls, config, context) -> str:
         return f"gcs:{config.endpoint_url or 'google'}/{config.bucket}/{config.prefix}"
 
     def container_name(self) -> str:
@@ -91,15 +90,15 @@ class GCSDestination(ObjectStoreDestination):
     def endpoint(self) -> str | None:
         return self.config.endpoint_url
 
-    def secrets(self) -> list[str]:
+    def secrets(self) -> list[SecretStr | str | None]:
         cr = self.config.credentials
         if not cr or not cr.service_account_key:
             return []
         text = cr.service_account_key.get_secret_value()
-        out = secret_values(text)
+        out: list[SecretStr | str | None] = [text]
         if text.startswith("{"):
             info = json.loads(text)
-            out += secret_values(info.get("private_key"), info.get("private_key_id"))
+            out += [info.get("private_key"), info.get("private_key_id")]
         return out
 
     def _credentials(self):

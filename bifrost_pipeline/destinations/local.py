@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from bifrost_pipeline.destinations.base import FileStoreDestination, PrefixedConfig
+from bifrost_pipeline.destinations.base import DestinationContext, FileStoreDestination, PrefixedConfig
 
 
 class LocalConfig(PrefixedConfig):
@@ -20,16 +20,18 @@ class LocalDestination(FileStoreDestination):
     Config = LocalConfig
     config: LocalConfig
 
+    @staticmethod
+    def root_of(config: LocalConfig, context: DestinationContext) -> Path:
+        p = Path(config.path).expanduser()
+        return p if p.is_absolute() else context.data_dir / p
+
     @property
     def root(self) -> Path:
-        p = Path(self.config.path).expanduser()
-        return p if p.is_absolute() else self.app.data_dir / p
+        return self.root_of(self.config, self.context)
 
     @classmethod
-    def location_key(cls, config, app) -> str:
-        p = Path(config.path).expanduser()
-        root = p if p.is_absolute() else app.data_dir / p
-        return f"local:{root.resolve()}/{config.prefix}"
+    def location_key(cls, config, context) -> str:
+        return f"local:{cls.root_of(config, context).resolve()}/{config.prefix}"
 
     def describe(self) -> str:
         return str(self.root)

@@ -13,24 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar
 
-from pydantic import SecretStr
-
-from bifrost_pipeline.destinations.base import DestinationError, FileStoreDestination, PartitionOutput
-
-_SIGNED_PARAMS = re.compile(
-    r"(?i)\b(sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
-    r"x-goog-credential|accountkey|sharedaccesssignature|access_token)=[^&;\s'\"]+"
+from bifrost_pipeline.destinations.base import (
+    URL_USERINFO,
+    DestinationError,
+    FileStoreDestination,
+    PartitionOutput,
 )
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
-
-def secret_values(*values: SecretStr | str | None) -> list[str]:
-    out = []
-    for v in values:
-        text = v.get_secret_value() if isinstance(v, SecretStr) else v
-        if text and len(text) >= 4:
-            out.append(text)
-    return out
 
 
 def check_name(value: str, what: str) -> str:
@@ -66,24 +54,13 @@ class ObjectStoreDestination(FileStoreDestination):
         """A custom endpoint (emulator, S3-compatible store) to mention in messages, or None."""
         return None
 
-    def secrets(self) -> list[str]:
-        return []
-
     def uri(self, key: str) -> str:
         return f"{self.scheme}://{self.container_name()}/{key}"
 
     def describe(self) -> str:
         where = self.uri(self._prefix if self._prefix is not None else self.config.prefix)
         endpoint = self.endpoint()
-        return f"{where} (endpoint {_USERINFO.sub('', endpoint)})" if endpoint else where
-
-    def redact(self, text: str) -> str:
-        for secret in self.secrets():
-            text = text.replace(secret, "***")
-        return _USERINFO.sub("***@", _SIGNED_PARAMS.sub(lambda m: m.group(1) + "=***", text))
-
-    def error(self, message: str, *, retryable: bool = False) -> DestinationError:
-        return DestinationError(self.export_name, self.describe(), self.redact(message), retryable=retryable)
+        return f"{where} (endpoint {URL_USERINFO.sub('', endpoint)})" if endpoint else where
 
     def translate(self, err: Exception, action: str) -> DestinationError:
         """The store's client exception -> a `DestinationError` (subclasses map their error codes)."""

@@ -18,26 +18,34 @@ Two load methods (`load_method`):
 
 from __future__ import annotations
 
-import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from bifrost_pipeline.destinations.base import (
-    PARTITION_COLUMN,
     DatasetFile,
     DestinationConfig,
     PartitionOutput,
-    TableDestination,
-    WriteResult,
     check_prefix,
     render_prefix,
-    table_for,
 )
-from bifrost_pipeline.destinations.warehouse import Column, columns_of, first_line, iter_batches, scrub
+from bifrost_pipeline.destinations.warehouse import (
+    PARTITION_COLUMN,
+    SIMPLE,
+    Column,
+    FoldingDialect,
+    Warehouse,
+    first_line,
+    iter_batches,
+    literal,
+)
 
-SIMPLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+# SQLSTATE classes after which a retry cannot help: 28 authorization (a wrong password), 3D / 3F no such
+# database / schema, 42 syntax error, access rule violation or undefined object.
+FINAL_SQLSTATE_CLASSES = {"28", "3D", "3F", "42"}
 MAX_PARAMS = 30_000  # parameters per INSERT statement (the wire protocol allows 32767)
 
 
@@ -103,18 +111,12 @@ class RedshiftConfig(DestinationConfig):
         return self.load_method
 
 
-def ident(name: str) -> str:
+class RedshiftDialect(FoldingDialect):
     """Redshift folds identifiers to lower case: plain names are lower-cased and quoted."""
-    name = name.lower() if SIMPLE.match(name) else name
-    return '"' + name.replace('"', '""') + '"'
 
-
-def redshift_type(c: Column, *, staging: bool = False) -> str:
-    if c.kind == "json":
-        return "VARCHAR(65535)" if staging else "SUPER"
-    if c.kind == "decimal":
-        return f"DECIMAL({c.precision or 38},{c.scale})"
-    return {
+    case = "lower"
+    partition_type = "VARCHAR(128)"
+    types = {
         "string": "VARCHAR(65535)",
         "int32": "INTEGER",
         "int64": "BIGINT",
@@ -123,11 +125,12 @@ def redshift_type(c: Column, *, staging: bool = False) -> str:
         "date": "DATE",
         "timestamptz": "TIMESTAMPTZ",
         "timestamp": "TIMESTAMP",
-    }[c.kind]
+        "json": "SUPER",
+    }
 
-
-def literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    def staging_type(self, c: Column) -> str:
+        """Type of a column of the temporary table COPY fills: JSON arrives as text, parsed on insert."""
+        return "VARCHAR(65535)" if c.kind == "json" else self.type_of(c)
 
 
 def copy_sql(target: str, s3_uri: str, iam_role: str, region: str | None = None) -> str:
@@ -138,46 +141,54 @@ def copy_sql(target: str, s3_uri: str, iam_role: str, region: str | None = None)
     )
 
 
-class RedshiftDestination(TableDestination):
+class RedshiftDestination(Warehouse):
     kind = "redshift"
     Config = RedshiftConfig
     config: RedshiftConfig
+    dialect = RedshiftDialect()
 
     @classmethod
-    def table_location(cls, config, app) -> str:
+    def table_location(cls, config, context) -> str:
         return f"redshift:{config.cluster}/{config.database}.{config.schema_name}.{config.table}".lower()
 
     def describe(self) -> str:
         c = self.config
         return f"redshift:{c.cluster}/{c.database}.{c.schema_name}.{self.table}"
 
+    def result_metadata(self) -> dict:
+        return {"load_method": self.config.method}
+
     # --- connection -------------------------------------------------------------------------------------
 
-    def _secrets(self) -> list[str | None]:
+    def secrets(self) -> list:
         c = self.config
         values = [c.credentials.password]
         if c.s3_staging:
             values += [c.s3_staging.access_key_id, c.s3_staging.secret_access_key]
-        return [v.get_secret_value() if v else None for v in values]
+        return values
 
-    def _message(self, err: BaseException) -> str:
+    def message(self, err: BaseException) -> str:
         arg = err.args[0] if err.args else None
         if isinstance(arg, dict):  # redshift_connector puts the server's fields in a dict
             text = str(arg.get("M") or arg)
             if arg.get("C"):
                 text += f" (SQLSTATE {arg['C']})"
-        else:
-            text = first_line(err)
-        return scrub(text, self._secrets())
+            return text
+        return first_line(err)
 
-    def _fail(self, err: BaseException, doing: str, *, retryable: bool | None = None):
-        message = self._message(err)
-        if retryable is None:
-            lower = message.lower()
-            retryable = not any(
-                s in lower for s in ("password", "authentication", "does not exist", "permission denied")
-            )
-        return self.error(f"{doing}: {message}", retryable=retryable)
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
+        import redshift_connector
+
+        return (redshift_connector.Error,)
+
+    def retryable(self, err: BaseException) -> bool:
+        import redshift_connector
+
+        if isinstance(err, redshift_connector.InterfaceError):  # the connection itself failed
+            return True
+        arg = err.args[0] if err.args else None
+        sqlstate = str(arg.get("C") or "") if isinstance(arg, dict) else ""
+        return sqlstate[:2] not in FINAL_SQLSTATE_CLASSES
 
     def endpoint(self) -> tuple[str, int]:
         if self.config.host:
@@ -197,11 +208,11 @@ class RedshiftDestination(TableDestination):
         ) as err:
             raise self.error(
                 f"cannot find the endpoint of cluster {self.config.cluster!r} (set host, or give AWS credentials "
-                f"that may call redshift:DescribeClusters): {scrub(first_line(err), self._secrets())}",
+                f"that may call redshift:DescribeClusters): {first_line(err)}",
                 retryable=not isinstance(err, botocore.exceptions.ClientError),
             ) from None
 
-    def _connect(self):
+    def connect(self):
         import redshift_connector
 
         c, cr = self.config, self.config.credentials
@@ -220,89 +231,50 @@ class RedshiftDestination(TableDestination):
                 args["profile"] = cr.profile
         else:
             args.update(user=cr.username, password=cr.password.get_secret_value())
-        try:
+        with self.failing(f"cannot connect to {host}:{port}"):
             return redshift_connector.connect(**args)
-        except redshift_connector.InterfaceError as err:
-            raise self._fail(err, f"cannot connect to {host}:{port}", retryable=True) from None
-        except redshift_connector.Error as err:
-            raise self._fail(err, f"cannot connect to {host}:{port}") from None
+
+    def execute(self, session, sql: str, params=()) -> list[tuple]:
+        cur = session.cursor()
+        cur.execute(sql, params or None)
+        return list(cur.fetchall()) if cur.description else []
 
     # --- writing ----------------------------------------------------------------------------------------
 
-    def write_partition(self, output: PartitionOutput) -> WriteResult:
-        import redshift_connector
+    def prepare(self, session) -> None:
+        with self.failing(f"cannot use schema {self.config.schema_name}"), self.ddl(session):
+            found = self.execute(
+                session, "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.dialect.fold(self.config.schema_name),)
+            )
+            if not found:  # create only when missing: the loader may lack CREATE on the database
+                self.execute(session, f"CREATE SCHEMA IF NOT EXISTS {self.dialect.quote(self.config.schema_name)}")
 
-        con = self._connect()
-        rows: dict[str, int] = {}
-        tables: list[str] = []
+    @contextmanager
+    def ddl(self, session) -> Iterator[None]:
+        # Autocommit: Redshift does not run some ALTER TABLE forms inside a transaction block.
+        session.rollback()
+        session.autocommit = True
         try:
-            for f in output.files:
-                name = table_for(self.table, f.dataset)
-                try:
-                    rows[f.dataset] = self._load(con, name, f, output)
-                except redshift_connector.Error as err:
-                    raise self._fail(err, f"loading {f.dataset} into {name} failed") from None
-                tables.append(f"{self.config.schema_name}.{name}")
+            yield
         finally:
-            con.close()
-        return WriteResult(
-            location=self.describe(), written=tables, rows=rows, metadata={"load_method": self.config.method}
-        )
+            session.autocommit = False
 
-    def _qualified(self, table: str) -> str:
-        return f"{ident(self.config.schema_name)}.{ident(table)}"
+    def table_suffix(self, session, cols: list[Column]) -> str:
+        (version,) = self.execute(session, "SELECT version()")[0]
+        if "redshift" not in str(version).lower():  # the PostgreSQL stand-in of the tests has no sort keys
+            return ""
+        keys = [PARTITION_COLUMN] + [c.name for c in cols if c.name == "timestamp"]
+        return " COMPOUND SORTKEY (" + ", ".join(self.dialect.quote(k) for k in keys) + ")"
 
-    def _ensure_table(self, con, table: str, cols: list[Column]) -> None:
-        # DDL in autocommit: Redshift does not run some ALTER TABLE forms inside a transaction block.
-        con.rollback()
-        con.autocommit = True
-        try:
-            cur = con.cursor()
-            cur.execute(
-                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._folded(self.config.schema_name),)
-            )
-            if cur.fetchone() is None:  # create only when missing: the loader may lack CREATE on the database
-                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(self.config.schema_name)}")
-            cur.execute("SELECT version()")
-            on_redshift = "redshift" in str(cur.fetchone()[0]).lower()
-            sort = ""
-            if on_redshift:  # the PostgreSQL stand-in of the tests has no sort keys
-                keys = [PARTITION_COLUMN] + [c.name for c in cols if c.name == "timestamp"]
-                sort = " COMPOUND SORTKEY (" + ", ".join(ident(k) for k in keys) + ")"
-            cur.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._qualified(table)} ("
-                + ", ".join(f"{ident(c.name)} {redshift_type(c)}" for c in cols)
-                + f", {ident(PARTITION_COLUMN)} VARCHAR(128) NOT NULL){sort}"
-            )
-            cur.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-                (self._folded(self.config.schema_name), self._folded(table)),
-            )
-            existing = {r[0] for r in cur.fetchall()}
-            # A field added to the schema becomes a new nullable column; old rows read NULL.
-            for c in cols:
-                if self._folded(c.name) not in existing:
-                    cur.execute(
-                        f"ALTER TABLE {self._qualified(table)} ADD COLUMN {ident(c.name)} {redshift_type(c)}"
-                    )
-        finally:
-            con.autocommit = False
-
-    @staticmethod
-    def _folded(name: str) -> str:
-        return name.lower() if SIMPLE.match(name) else name
-
-    def _load(self, con, table: str, f: DatasetFile, output: PartitionOutput) -> int:
-        cols = columns_of(f)
-        self._ensure_table(con, table, cols)
+    def load(self, session, table: str, cols: list[Column], f: DatasetFile, output: PartitionOutput) -> int:
         if self.config.method == "copy":
-            return self._load_copy(con, table, cols, f, output)
-        return self._load_insert(con, table, cols, f, output.partition_key)
+            return self._load_copy(session, table, cols, f, output)
+        return self._load_insert(session, table, cols, f, output.partition_key)
 
     # --- load_method: insert ------------------------------------------------------------------------------
 
     def _load_insert(self, con, table: str, cols: list[Column], f: DatasetFile, partition_key: str) -> int:
-        names = ", ".join([*(ident(c.name) for c in cols), ident(PARTITION_COLUMN)])
+        names = ", ".join([*(self.dialect.quote(c.name) for c in cols), self.dialect.quote(PARTITION_COLUMN)])
         row_sql = (
             "(" + ", ".join(["JSON_PARSE(%s)" if c.kind == "json" else "%s" for c in cols] + ["%s"]) + ")"
         )
@@ -311,7 +283,7 @@ class RedshiftDestination(TableDestination):
         loaded = 0
         try:
             cur.execute(
-                f"DELETE FROM {self._qualified(table)} WHERE {ident(PARTITION_COLUMN)} = %s", (partition_key,)
+                f"DELETE FROM {self.qualified(table)} WHERE {self.dialect.quote(PARTITION_COLUMN)} = %s", (partition_key,)
             )
             for batch in iter_batches(f.parquet_path, per_statement, [c.name for c in cols]):
                 columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
@@ -319,7 +291,7 @@ class RedshiftDestination(TableDestination):
                 for values in zip(*columns, strict=True):
                     params.extend(values)
                     params.append(partition_key)
-                sql = f"INSERT INTO {self._qualified(table)} ({names}) VALUES " + ", ".join(
+                sql = f"INSERT INTO {self.qualified(table)} ({names}) VALUES " + ", ".join(
                     [row_sql] * batch.num_rows
                 )
                 cur.execute(sql, params)
@@ -367,7 +339,7 @@ class RedshiftDestination(TableDestination):
             boto3.exceptions.S3UploadFailedError,
         ) as err:
             raise self.error(
-                f"cannot stage {f.dataset} in s3://{s.bucket}/{key}: {scrub(first_line(err), self._secrets())}",
+                f"cannot stage {f.dataset} in s3://{s.bucket}/{key}: {first_line(err)}",
                 retryable=True,
             ) from None
         return key
@@ -376,12 +348,12 @@ class RedshiftDestination(TableDestination):
         s = self.config.s3_staging
         s3 = self.s3_client()
         key = self.stage(s3, f, output)
-        staging = ident(f"bifrost_load_{uuid.uuid4().hex[:12]}")
+        staging = self.dialect.quote(f"bifrost_load_{uuid.uuid4().hex[:12]}")
         cur = con.cursor()
         try:
             cur.execute(
                 f"CREATE TEMP TABLE {staging} ("
-                + ", ".join(f"{ident(c.name)} {redshift_type(c, staging=True)}" for c in cols)
+                + ", ".join(f"{self.dialect.quote(c.name)} {self.dialect.staging_type(c)}" for c in cols)
                 + ")"
             )
             cur.execute(copy_sql(staging, f"s3://{s.bucket}/{key}", self.config.iam_role, s.region))
@@ -389,16 +361,16 @@ class RedshiftDestination(TableDestination):
             staged = int(cur.fetchone()[0])
             if staged != f.rows:
                 raise self.error(f"COPY staged {staged} of {f.rows} rows of {f.dataset}")
-            names = ", ".join([*(ident(c.name) for c in cols), ident(PARTITION_COLUMN)])
+            names = ", ".join([*(self.dialect.quote(c.name) for c in cols), self.dialect.quote(PARTITION_COLUMN)])
             values = ", ".join(
-                [*(f"JSON_PARSE({ident(c.name)})" if c.kind == "json" else ident(c.name) for c in cols), "%s"]
+                [*(f"JSON_PARSE({self.dialect.quote(c.name)})" if c.kind == "json" else self.dialect.quote(c.name) for c in cols), "%s"]
             )
             cur.execute(
-                f"DELETE FROM {self._qualified(table)} WHERE {ident(PARTITION_COLUMN)} = %s",
+                f"DELETE FROM {self.qualified(table)} WHERE {self.dialect.quote(PARTITION_COLUMN)} = %s",
                 (output.partition_key,),
             )
             cur.execute(
-                f"INSERT INTO {self._qualified(table)} ({names}) SELECT {values} FROM {staging}",
+                f"INSERT INTO {self.qualified(table)} ({names}) SELECT {values} FROM {staging}",
                 (output.partition_key,),
             )
             cur.execute(f"DROP TABLE {staging}")

@@ -21,7 +21,6 @@ from bifrost_pipeline.destinations.object_store import (
     ObjectStoreDestination,
     check_endpoint,
     check_name,
-    secret_values,
     short,
 )
 
@@ -94,7 +93,7 @@ class S3Destination(ObjectStoreDestination):
     config: S3Config
 
     @classmethod
-    def location_key(cls, config, app) -> str:
+    def location_key(cls, config, context) -> str:
         return f"s3:{config.endpoint_url or 'aws'}/{config.bucket}/{config.prefix}"
 
     def container_name(self) -> str:
@@ -103,9 +102,9 @@ class S3Destination(ObjectStoreDestination):
     def endpoint(self) -> str | None:
         return self.config.endpoint_url
 
-    def secrets(self) -> list[str]:
+    def secrets(self) -> list[SecretStr | str | None]:
         cr = self.config.credentials
-        return secret_values(cr.secret_access_key, cr.session_token) if cr else []
+        return [cr.secret_access_key, cr.session_token] if cr else []
 
     @cached_property
     def client(self):

@@ -17,18 +17,23 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from bifrost_pipeline.destinations.base import (
+from bifrost_pipeline.destinations.base import DatasetFile, DestinationConfig, PartitionOutput
+from bifrost_pipeline.destinations.warehouse import (
     PARTITION_COLUMN,
-    DatasetFile,
-    DestinationConfig,
-    PartitionOutput,
-    TableDestination,
-    WriteResult,
-    table_for,
+    SIMPLE,
+    Column,
+    FoldingDialect,
+    Warehouse,
+    first_line,
+    literal,
 )
-from bifrost_pipeline.destinations.warehouse import Column, columns_of, first_line, scrub
 
-SIMPLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+# Error codes after which a retry cannot help: the login was refused (the 390xxx range), the database,
+# schema or table does not exist or is not granted (002003, 002043); SQLSTATE classes 28 (authorization)
+# and 42 (syntax or access rule violation).
+LOGIN_REFUSED = range(390000, 391000)
+NOT_FOUND = {2003, 2043}
+FINAL_SQLSTATE_CLASSES = {"28", "42"}
 
 
 class SnowflakeCredentials(DestinationConfig):
@@ -83,16 +88,12 @@ class SnowflakeConfig(DestinationConfig):
         return re.sub(r"\.snowflakecomputing\.com$", "", acct, flags=re.I)
 
 
-def ident(name: str) -> str:
-    """Snowflake identifier: plain names upper-cased (so unquoted references match), others kept quoted."""
-    name = name.upper() if SIMPLE.match(name) else name
-    return '"' + name.replace('"', '""') + '"'
+class SnowflakeDialect(FoldingDialect):
+    """Plain names upper-cased (so unquoted references match), others kept quoted."""
 
-
-def snowflake_type(c: Column) -> str:
-    if c.kind == "decimal":
-        return f"NUMBER({c.precision or 38},{c.scale})"
-    return {
+    case = "upper"
+    decimal = "NUMBER({precision},{scale})"
+    types = {
         "string": "VARCHAR",
         "int32": "INTEGER",
         "int64": "BIGINT",
@@ -102,7 +103,18 @@ def snowflake_type(c: Column) -> str:
         "timestamptz": "TIMESTAMP_TZ",
         "timestamp": "TIMESTAMP_NTZ",
         "json": "VARIANT",
-    }[c.kind]
+    }
+
+    def columns_query(self, schema: str, table: str) -> tuple[str, tuple]:
+        # The session's database (USE DATABASE in `prepare`) holds the INFORMATION_SCHEMA read here.
+        return (
+            "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS "
+            "WHERE UPPER(TABLE_SCHEMA) = UPPER(%s) AND UPPER(TABLE_NAME) = UPPER(%s)",
+            (schema, table),
+        )
+
+
+DIALECT = SnowflakeDialect()
 
 
 def select_expr(c: Column) -> str:
@@ -110,34 +122,35 @@ def select_expr(c: Column) -> str:
     field = "$1:" + '"' + c.name.replace('"', '""') + '"'
     if c.kind == "json":
         return f"PARSE_JSON({field}::VARCHAR)"
-    return f"{field}::{snowflake_type(c)}"
+    return f"{field}::{DIALECT.type_of(c)}"
 
 
-def literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-class SnowflakeDestination(TableDestination):
+class SnowflakeDestination(Warehouse):
     kind = "snowflake"
     Config = SnowflakeConfig
     config: SnowflakeConfig
+    dialect = DIALECT
 
     @classmethod
-    def table_location(cls, config, app) -> str:
+    def table_location(cls, config, context) -> str:
         return f"snowflake:{config.account_identifier}/{config.database}.{config.schema_name}.{config.table}".upper()
 
     def describe(self) -> str:
         c = self.config
         return f"snowflake:{c.account_identifier}/{c.database}.{c.schema_name}.{self.table}"
 
+    def table_ref(self, table: str) -> str:
+        return f"{self.config.database}.{self.config.schema_name}.{table}".upper()
+
+    def qualified(self, table: str) -> str:
+        q = self.dialect.quote
+        return f"{q(self.config.database)}.{q(self.config.schema_name)}.{q(table)}"
+
     # --- connection -------------------------------------------------------------------------------------
 
-    def _secrets(self) -> list[str | None]:
+    def secrets(self) -> list:
         cr = self.config.credentials
-        return [
-            s.get_secret_value() if s else None
-            for s in (cr.password, cr.private_key, cr.private_key_passphrase, cr.token)
-        ]
+        return [cr.password, cr.private_key, cr.private_key_passphrase, cr.token]
 
     def _private_key_der(self) -> bytes:
         from cryptography.hazmat.primitives import serialization
@@ -146,9 +159,9 @@ class SnowflakeDestination(TableDestination):
         if cr.private_key is not None:
             pem = cr.private_key.get_secret_value().encode()
         else:
-            path = self.app.resolve(cr.private_key_path) if self.app else Path(cr.private_key_path)
+            path = self.context.resolve(cr.private_key_path)
             try:
-                pem = Path(path).read_bytes()
+                pem = path.read_bytes()
             except OSError as err:
                 raise self.error(f"cannot read private_key_path {path}: {err.strerror or err}") from None
         passphrase = (
@@ -190,113 +203,67 @@ class SnowflakeDestination(TableDestination):
             args["private_key"] = self._private_key_der()
         return args
 
-    def _fail(self, err: BaseException, doing: str):
-        message = scrub(first_line(err), self._secrets())
-        lower = message.lower()
-        retryable = not any(
-            s in lower
-            for s in (
-                "incorrect username or password",
-                "does not exist",
-                "not authorized",
-                "authenticat",
-                "jwt",
-            )
-        )
-        return self.error(f"{doing}: {message}", retryable=retryable)
-
-    def _connect(self):
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
         import snowflake.connector
 
-        try:
+        return (snowflake.connector.Error,)
+
+    def retryable(self, err: BaseException) -> bool:
+        errno = getattr(err, "errno", None)
+        sqlstate = str(getattr(err, "sqlstate", None) or "")
+        return not (errno in LOGIN_REFUSED or errno in NOT_FOUND or sqlstate[:2] in FINAL_SQLSTATE_CLASSES)
+
+    def connect(self):
+        import snowflake.connector
+
+        with self.failing("cannot connect"):
             return snowflake.connector.connect(**self.connect_args())
-        except snowflake.connector.Error as err:
-            raise self._fail(err, "cannot connect") from None
+
+    def execute(self, session, sql: str, params=()) -> list[tuple]:
+        cur = session.cursor()
+        try:
+            cur.execute(sql, params or None)
+            return cur.fetchall() if cur.description else []
+        finally:
+            cur.close()
 
     # --- writing ----------------------------------------------------------------------------------------
 
-    def write_partition(self, output: PartitionOutput) -> WriteResult:
-        import snowflake.connector
-
-        con = self._connect()
-        rows: dict[str, int] = {}
-        tables: list[str] = []
-        try:
-            cur = con.cursor()
-            try:
-                self._use_schema(cur)
-            except snowflake.connector.Error as err:
-                raise self._fail(
-                    err, f"cannot use {self.config.database}.{self.config.schema_name}"
-                ) from None
-            for f in output.files:
-                name = table_for(self.table, f.dataset)
-                try:
-                    rows[f.dataset] = self._load(con, cur, name, f, output)
-                except snowflake.connector.Error as err:
-                    raise self._fail(err, f"loading {f.dataset} into {name.upper()} failed") from None
-                tables.append(f"{self.config.database}.{self.config.schema_name}.{name}".upper())
-        finally:
-            con.close()
-        return WriteResult(location=self.describe(), written=tables, rows=rows)
+    def prepare(self, session) -> None:
+        with self.failing(f"cannot use {self.config.database}.{self.config.schema_name}"):
+            self._use_schema(session.cursor())
 
     def _use_schema(self, cur) -> None:
-        db, schema = ident(self.config.database), ident(self.config.schema_name)
+        db, schema = self.dialect.quote(self.config.database), self.dialect.quote(self.config.schema_name)
         cur.execute(f"USE DATABASE {db}")  # fails clearly when the database is missing or not granted
         found = cur.execute(
             f"SELECT COUNT(*) FROM {db}.INFORMATION_SCHEMA.SCHEMATA WHERE SCHEMA_NAME = %s",
-            (
-                self.config.schema_name.upper()
-                if SIMPLE.match(self.config.schema_name)
-                else self.config.schema_name,
-            ),
+            (self.dialect.fold(self.config.schema_name),),
         ).fetchone()[0]
         if not found:
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {db}.{schema}")
         cur.execute(f"USE SCHEMA {db}.{schema}")
 
-    def _qualified(self, table: str) -> str:
-        return f"{ident(self.config.database)}.{ident(self.config.schema_name)}.{ident(table)}"
-
-    def _ensure_table(self, cur, table: str, cols: list[Column]) -> None:
-        qualified = self._qualified(table)
-        cur.execute(
-            f"CREATE TABLE IF NOT EXISTS {qualified} ("
-            + ", ".join(f"{ident(c.name)} {snowflake_type(c)}" for c in cols)
-            + f", {ident(PARTITION_COLUMN)} VARCHAR NOT NULL)"
-        )
-        existing = {
-            r[0].upper()
-            for r in cur.execute(
-                f"SELECT COLUMN_NAME FROM {ident(self.config.database)}.INFORMATION_SCHEMA.COLUMNS "
-                "WHERE UPPER(TABLE_SCHEMA) = UPPER(%s) AND UPPER(TABLE_NAME) = UPPER(%s)",
-                (self.config.schema_name, table),
-            ).fetchall()
-        }
-        # A field added to the schema becomes a new nullable column; old rows read NULL.
-        for c in cols:
-            if c.name.upper() not in existing:
-                cur.execute(f"ALTER TABLE {qualified} ADD COLUMN {ident(c.name)} {snowflake_type(c)}")
-
-    def _load(self, con, cur, table: str, f: DatasetFile, output: PartitionOutput) -> int:
-        cols = columns_of(f)
-        self._ensure_table(cur, table, cols)  # DDL commits implicitly in Snowflake: before the transaction
+    def load(self, session, table: str, cols: list[Column], f: DatasetFile, output: PartitionOutput) -> int:
+        # The table step ran before: DDL commits implicitly in Snowflake, so it stays out of this transaction.
+        cur = session.cursor()
         # The table's own stage (@%TABLE) needs no CREATE STAGE privilege; a run-unique path per load.
         safe_key = re.sub(r"[^A-Za-z0-9_.=-]", "_", output.partition_key)
         stage_path = f"@%{table.upper()}/bifrost/{safe_key}/{uuid.uuid4().hex}/"
         local = Path(f.parquet_path).resolve().as_posix()
         cur.execute(f"PUT {literal('file://' + local)} {stage_path} AUTO_COMPRESS=FALSE OVERWRITE=TRUE")
-        targets = ", ".join([*(ident(c.name) for c in cols), ident(PARTITION_COLUMN)])
+        q = self.dialect.quote
+        targets = ", ".join([*(q(c.name) for c in cols), q(PARTITION_COLUMN)])
         selects = ", ".join([*(select_expr(c) for c in cols), literal(output.partition_key)])
         loaded = 0
         cur.execute("BEGIN")
         try:
             cur.execute(
-                f"DELETE FROM {self._qualified(table)} WHERE {ident(PARTITION_COLUMN)} = %s",
+                f"DELETE FROM {self.qualified(table)} WHERE {q(PARTITION_COLUMN)} = %s",
                 (output.partition_key,),
             )
             results = cur.execute(
-                f"COPY INTO {self._qualified(table)} ({targets}) FROM (SELECT {selects} FROM {stage_path}) "
+                f"COPY INTO {self.qualified(table)} ({targets}) FROM (SELECT {selects} FROM {stage_path}) "
                 "FILE_FORMAT = (TYPE = PARQUET USE_LOGICAL_TYPE = TRUE) ON_ERROR = ABORT_STATEMENT"
             ).fetchall()
             loaded = sum(int(r[3] or 0) for r in results if len(r) > 3 and str(r[1]).upper() == "LOADED")

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import io
 import json
+from contextlib import contextmanager
+from functools import cached_property
 
 from pydantic import Field, SecretStr, field_validator
 
-from bifrost_pipeline.destinations.base import (
+from bifrost_pipeline.destinations.base import DatasetFile, DestinationConfig, PartitionOutput
+from bifrost_pipeline.destinations.warehouse import (
     PARTITION_COLUMN,
-    DatasetFile,
-    DestinationConfig,
-    PartitionOutput,
-    TableDestination,
-    WriteResult,
-    table_for,
+    Column,
+    SQLDialect,
+    Warehouse,
+    first_line,
+    iter_batches,
 )
-from bifrost_pipeline.destinations.warehouse import Column, columns_of, first_line, iter_batches, scrub
+
+# SQLSTATE classes a retry can get past: connection exception, transaction rollback (serialization failure,
+# deadlock), insufficient resources, operator intervention (shutdown, statement timeout), system error.
+TRANSIENT_SQLSTATE_CLASSES = {"08", "40", "53", "57", "58"}
+# MySQL error numbers a retry cannot get past: access denied (to the server or the database), unknown database.
+MYSQL_FINAL = {1044, 1045, 1049, 1698}
 
 
 class SQLConfig(DestinationConfig):
@@ -73,137 +80,175 @@ def sa_type(c: Column):
     }[c.kind]
 
 
-class SQLDestination(TableDestination):
+class SQLAlchemyDialect(SQLDialect):
+    """The dialect of the URL's database, as SQLAlchemy spells types and quotes names for it."""
+
+    def __init__(self, sa_dialect):
+        self.sa = sa_dialect
+
+    def quote(self, name: str) -> str:
+        return self.sa.identifier_preparer.quote(name)
+
+    def type_of(self, c: Column) -> str:
+        return sa_type(c).compile(dialect=self.sa)
+
+
+class SQLDestination(Warehouse):
     kind = "sql"
     Config = SQLConfig
     config: SQLConfig
 
     @classmethod
-    def table_location(cls, config, app) -> str:
+    def table_location(cls, config, context) -> str:
         return f"sql:{safe_url(config.url.get_secret_value())}#{config.schema_name or ''}.{config.table}"
 
     def describe(self) -> str:
         schema = f"{self.config.schema_name}." if self.config.schema_name else ""
         return f"sql:{safe_url(self.config.url.get_secret_value())}#{schema}{self.table}"
 
+    def qualified(self, table: str) -> str:
+        q = self.dialect.quote
+        return (q(self.config.schema_name) + "." if self.config.schema_name else "") + q(table)
+
+    def table_ref(self, table: str) -> str:
+        return f"{self.config.schema_name}.{table}" if self.config.schema_name else table
+
     # --- connection -------------------------------------------------------------------------------------
 
-    def _secrets(self) -> list[str | None]:
+    def secrets(self) -> list:
         from sqlalchemy.engine import make_url
 
         url = make_url(self.config.url.get_secret_value())
-        return [url.password if isinstance(url.password, str) else None, self.config.url.get_secret_value()]
+        return [url.password if isinstance(url.password, str) else None, self.config.url]
 
-    def _engine(self):
+    @cached_property
+    def dialect(self) -> SQLAlchemyDialect:
+        from sqlalchemy.engine import make_url
+
+        try:
+            dialect_cls = make_url(self.config.url.get_secret_value()).get_dialect()
+            return SQLAlchemyDialect(dialect_cls(dbapi=dialect_cls.import_dbapi()))
+        except Exception as err:  # missing driver, unknown dialect
+            raise self.error(f"cannot create the engine: {self.message(err)}") from None
+
+    def connect(self):
         import sqlalchemy as sa
 
         url = sa.engine.make_url(self.config.url.get_secret_value())
         connect_args = {}
         if url.get_backend_name() in ("postgresql", "redshift", "mysql"):
             connect_args["connect_timeout"] = self.config.connect_timeout
+        self.driver_errors()  # loads the driver first: a missing one is named
         try:
-            return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
-        except Exception as err:  # missing driver, bad URL option
-            raise self.error(f"cannot create the engine: {scrub(first_line(err), self._secrets())}") from None
-
-    def _fail(self, err: BaseException, doing: str):
-        import sqlalchemy.exc as sa_exc
-
-        orig = getattr(err, "orig", None) or err
-        message = scrub(first_line(orig), self._secrets())
-        lower = message.lower()
-        retryable = isinstance(
-            err, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError
-        ) and not any(
-            s in lower for s in ("password", "authentication", "does not exist", "permission denied", "role")
-        )
-        return self.error(f"{doing}: {message}", retryable=retryable)
-
-    # --- writing ----------------------------------------------------------------------------------------
-
-    def write_partition(self, output: PartitionOutput) -> WriteResult:
-        import sqlalchemy.exc as sa_exc
-
-        engine = self._engine()
-        # COPY runs on the driver's own connection: its errors are the driver's, not SQLAlchemy's.
-        driver_error = getattr(engine.dialect.loaded_dbapi, "Error", sa_exc.DBAPIError)
-        rows: dict[str, int] = {}
-        tables: list[str] = []
+            engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        except Exception as err:  # a bad URL option
+            raise self.error(f"cannot create the engine: {self.message(err)}") from None
         try:
-            try:
-                conn = engine.connect()
-            except sa_exc.DBAPIError as err:
-                raise self._fail(err, "cannot connect") from None
-            with conn:
-                for f in output.files:
-                    name = table_for(self.table, f.dataset)
-                    try:
-                        rows[f.dataset] = self._load(conn, name, f, output.partition_key)
-                    except (sa_exc.SQLAlchemyError, driver_error) as err:
-                        raise self._fail(err, f"loading {f.dataset} into {name} failed") from None
-                    tables.append(f"{self.config.schema_name}.{name}" if self.config.schema_name else name)
-        finally:
+            with self.failing("cannot connect"):
+                return engine.connect()
+        except BaseException:
             engine.dispose()
-        return WriteResult(location=self.describe(), written=tables, rows=rows)
+            raise
 
-    def _ensure_table(self, conn, name: str, cols: list[Column]):
+    def close(self, session) -> None:
+        session.close()
+        session.engine.dispose()
+
+    def execute(self, session, sql: str, params=()) -> list[tuple]:
+        import sqlalchemy as sa
+
+        result = session.execute(sa.text(sql), dict(params) if params else None)
+        return [tuple(r) for r in result] if result.returns_rows else []
+
+    def message(self, err: BaseException) -> str:
+        return first_line(getattr(err, "orig", None) or err)
+
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
+        import sqlalchemy.exc as sa_exc
+
+        # COPY runs on the driver's own connection: its errors are the driver's, not SQLAlchemy's.
+        return (sa_exc.SQLAlchemyError, getattr(self.dialect.sa.loaded_dbapi, "Error", sa_exc.DBAPIError))
+
+    def retryable(self, err: BaseException) -> bool:
+        import sqlalchemy.exc as sa_exc
+
+        if isinstance(err, sa_exc.TimeoutError):  # no connection free in the pool
+            return True
+        orig = getattr(err, "orig", None) or err
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg 3 / psycopg2
+        if sqlstate:
+            return str(sqlstate)[:2] in TRANSIENT_SQLSTATE_CLASSES
+        code = orig.args[0] if orig.args else None
+        if isinstance(code, int) and code in MYSQL_FINAL:
+            return False
+        dbapi = self.dialect.sa.loaded_dbapi
+        if not isinstance(orig, dbapi.OperationalError | dbapi.InterfaceError):
+            return False
+        # libpq reports no SQLSTATE when a connection is refused. If the server had already taken our
+        # password, it answered and said no (wrong password, no such database): a retry would be refused too.
+        pgconn = getattr(orig, "pgconn", None)
+        return not (pgconn is not None and pgconn.used_password)
+
+    # --- the table step, through SQLAlchemy's inspector (portable across the URL's databases) ------------
+
+    def prepare(self, session) -> None:
         import sqlalchemy as sa
 
         schema = self.config.schema_name
-        insp = sa.inspect(conn)
-        if schema and not insp.has_schema(schema):
-            conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
-            conn.commit()
-            insp = sa.inspect(conn)
-        meta = sa.MetaData()
-        if not insp.has_table(name, schema=schema):
-            table = sa.Table(
-                name,
-                meta,
-                *(sa.Column(c.name, sa_type(c), nullable=True) for c in cols),
-                sa.Column(PARTITION_COLUMN, sa.String(128), nullable=False),
-                schema=schema,
-            )
-            sa.Index(f"ix_{name}_{PARTITION_COLUMN}"[:63], table.c[PARTITION_COLUMN])
-            meta.create_all(conn, checkfirst=True)
-            conn.commit()
-            return table
-        existing = {c["name"] for c in insp.get_columns(name, schema=schema)}
-        quote = conn.dialect.identifier_preparer.quote
-        qualified = (quote(schema) + "." if schema else "") + quote(name)
-        # A field added to the schema becomes a new nullable column; old rows read NULL.
-        for c in cols:
-            if c.name not in existing:
-                ddl = sa_type(c).compile(dialect=conn.dialect)
-                conn.execute(sa.text(f"ALTER TABLE {qualified} ADD COLUMN {quote(c.name)} {ddl}"))
-        conn.commit()
-        return sa.Table(name, meta, autoload_with=conn, schema=schema)
+        with self.failing(f"cannot use schema {schema}"):
+            if schema and not sa.inspect(session).has_schema(schema):
+                session.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
+                session.commit()
 
-    def _load(self, conn, name: str, f: DatasetFile, partition_key: str) -> int:
+    @contextmanager
+    def ddl(self, session):
+        yield
+        session.commit()
+
+    def column_names(self, session, table: str) -> set[str]:
         import sqlalchemy as sa
 
-        cols = columns_of(f)
-        table = self._ensure_table(conn, name, cols)
-        if conn.in_transaction():  # reflection auto-began one; DDL is done, start the load's own
-            conn.commit()
-        loaded = 0
-        with conn.begin():
-            conn.execute(sa.delete(table).where(table.c[PARTITION_COLUMN] == partition_key))
-            driver = conn.dialect.driver
-            if conn.dialect.name == "postgresql" and driver in ("psycopg", "psycopg2"):
-                loaded = self._copy_postgres(conn, table, cols, f, partition_key)
-            else:
-                loaded = self._executemany(conn, table, cols, f, partition_key)
-        return loaded
+        insp = sa.inspect(session)
+        if not insp.has_table(table, schema=self.config.schema_name):
+            return set()
+        return {c["name"] for c in insp.get_columns(table, schema=self.config.schema_name)}
+
+    def create_table(self, session, table: str, cols: list[Column]) -> None:
+        import sqlalchemy as sa
+
+        meta = sa.MetaData()
+        spec = sa.Table(
+            table,
+            meta,
+            *(sa.Column(c.name, sa_type(c), nullable=True) for c in cols),
+            sa.Column(PARTITION_COLUMN, sa.String(128), nullable=False),
+            schema=self.config.schema_name,
+        )
+        sa.Index(f"ix_{table}_{PARTITION_COLUMN}"[:63], spec.c[PARTITION_COLUMN])
+        meta.create_all(session, checkfirst=True)
+
+    # --- loading ----------------------------------------------------------------------------------------
+
+    def load(self, session, table: str, cols: list[Column], f: DatasetFile, output: PartitionOutput) -> int:
+        import sqlalchemy as sa
+
+        reflected = sa.Table(table, sa.MetaData(), autoload_with=session, schema=self.config.schema_name)
+        if session.in_transaction():  # reflection auto-began one; DDL is done, start the load's own
+            session.commit()
+        partition_key = output.partition_key
+        with session.begin():
+            session.execute(sa.delete(reflected).where(reflected.c[PARTITION_COLUMN] == partition_key))
+            if session.dialect.name == "postgresql" and session.dialect.driver in ("psycopg", "psycopg2"):
+                return self._copy_postgres(session, reflected, cols, f, partition_key)
+            return self._executemany(session, reflected, cols, f, partition_key)
 
     def _copy_postgres(self, conn, table, cols: list[Column], f: DatasetFile, partition_key: str) -> int:
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
-        quote = conn.dialect.identifier_preparer.quote
-        qualified = (quote(table.schema) + "." if table.schema else "") + quote(table.name)
+        quote = self.dialect.quote
         names = ", ".join(quote(c.name) for c in cols) + ", " + quote(PARTITION_COLUMN)
-        sql = f"COPY {qualified} ({names}) FROM STDIN WITH (FORMAT csv)"
+        sql = f"COPY {self.qualified(table.name)} ({names}) FROM STDIN WITH (FORMAT csv)"
         dbapi = conn.connection.driver_connection
         options = pacsv.WriteOptions(include_header=False, batch_size=8192)
         loaded = 0

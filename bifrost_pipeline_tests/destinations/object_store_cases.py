@@ -23,6 +23,7 @@ import pytest
 
 from bifrost_pipeline.destinations.base import DatasetFile, Destination, DestinationError, PartitionOutput
 from bifrost_pipeline.destinations.local import LocalDestination
+from bifrost_pipeline_tests.destinations.context import context
 from bifrost_pipeline_tests.helpers import make_app
 
 FORMATS = (
@@ -157,9 +158,8 @@ class Store:
 
 def local_copy(tmp_path: Path, out: PartitionOutput) -> tuple[dict[str, bytes], dict]:
     """What the local destination writes for `out`: {relative key: bytes}, and its manifest."""
-    app = make_app(tmp_path / "local-app")
     config = LocalDestination.Config(path=str(tmp_path / "local-out"), prefix=PREFIX)
-    result = LocalDestination(config, export_name=out.export, app=app).write_partition(out)
+    result = LocalDestination(config, context(out.export, tmp_path / "local-app")).write_partition(out)
     root = Path(result.location)
     files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     return files, json.loads(files["_manifest.json"])

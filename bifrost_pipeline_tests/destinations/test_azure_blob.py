@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -13,18 +11,17 @@ from bifrost_pipeline.config import ConfigError, parse_config
 from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.azure_blob import AzureBlobConfig, AzureBlobDestination
 from bifrost_pipeline_tests.destinations import object_store_cases as cases
+from bifrost_pipeline_tests.destinations.context import context
 from bifrost_pipeline_tests.emulators.object_stores import AZURITE_ACCOUNT, AZURITE_KEY
 from bifrost_pipeline_tests.emulators.servers import free_port
-from bifrost_pipeline_tests.helpers import make_app
 
 pytestmark = pytest.mark.usefixtures("no_cloud_metadata")
 _names = itertools.count()
-_APP = make_app(Path(tempfile.mkdtemp(prefix="bifrost-azure-app-")))
 
 
 def make(container: str, **config) -> AzureBlobDestination:
     return AzureBlobDestination(
-        AzureBlobConfig.model_validate({"container": container, **config}), export_name="e", app=_APP
+        AzureBlobConfig.model_validate({"container": container, **config}), context("e")
     )
 
 
@@ -146,7 +143,7 @@ def test_seed_keys_load_unchanged_and_secrets_stay_hidden():
     cfg = export.destination.config
     assert (cfg.container, cfg.account_name) == ("bifrost-logs", "bifrostlogs")
     assert cfg.account_key.get_secret_value() == "c2VjcmV0LWtleQ==" and "c2VjcmV0LWtleQ==" not in repr(app)
-    dest = AzureBlobDestination(cfg, export_name="azure_seed", app=app)
+    dest = AzureBlobDestination(cfg, app.destination_context("azure_seed"))
     assert dest.describe() == "az://bifrostlogs/bifrost-logs/logs/{year}/{month}/{day}/"
 
 

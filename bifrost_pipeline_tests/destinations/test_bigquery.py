@@ -9,11 +9,12 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from bifrost_pipeline.config import AppConfig, parse_config
+from bifrost_pipeline.config import parse_config
 from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.base import DestinationError
 from bifrost_pipeline.destinations.bigquery import BigQueryDestination
 from bifrost_pipeline_tests.destinations import warehouse_data as wd
+from bifrost_pipeline_tests.destinations.context import context
 from bifrost_pipeline_tests.emulators.servers import free_port
 
 PROJECT = "bifrost-test"
@@ -34,7 +35,7 @@ def bq(bigquery_server):
 def make(server, export="weekly_bigquery", **config) -> BigQueryDestination:
     raw = {"project_id": PROJECT, "dataset": DATASET, "api_endpoint": server.url, **config}
     return BigQueryDestination(
-        BigQueryDestination.Config.model_validate(raw), export_name=export, app=AppConfig()
+        BigQueryDestination.Config.model_validate(raw), context(export)
     )
 
 
@@ -58,19 +59,19 @@ def test_the_seed_keys_load_unchanged_and_the_key_stays_hidden(tmp_path):
     }
     app = parse_config(raw, env={"GCP_SERVICE_ACCOUNT_KEY": '{"private_key": "-----BEGIN secret-key-555"}'})
     assert destination_class("bigquery") is BigQueryDestination
-    dest = BigQueryDestination(app.exports[0].destination.config, export_name="bq", app=app)
+    dest = BigQueryDestination(app.exports[0].destination.config, app.destination_context("bq"))
     assert dest.describe() == "bigquery:your-analytics-project.bifrost_analytics.weekly_logs"
     assert "secret-key-555" not in repr(app.exports[0])
     # A malformed key is reported without being echoed.
     with pytest.raises(DestinationError) as err:
-        dest.client()
+        dest.connect()
     assert "service_account_key is not a service account key" in str(err.value)
     assert "secret-key-555" not in str(err.value)
     missing = BigQueryDestination.Config.model_validate(
         {**seed, "credentials": {"service_account_key": str(tmp_path / "nope.json")}}
     )
     with pytest.raises(DestinationError, match="names a file that cannot be read"):
-        BigQueryDestination(missing, export_name="bq", app=app).client()
+        BigQueryDestination(missing, app.destination_context("bq")).connect()
 
 
 def test_table_created_partitioned_clustered_typed_and_reloaded_idempotently(bq, tmp_path):
@@ -162,8 +163,7 @@ def test_unreachable_endpoint_is_a_retryable_error_naming_export_and_store(tmp_p
                 "retry_deadline": 2,
             }
         ),
-        export_name="weekly_bigquery",
-        app=AppConfig(),
+        context("weekly_bigquery"),
     )
     with pytest.raises(DestinationError) as err:
         down.write_partition(wd.day_partition("weekly_bigquery", wd.DAYS[0], tmp_path))

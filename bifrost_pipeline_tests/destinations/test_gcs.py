@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -15,17 +13,16 @@ from bifrost_pipeline.config import ConfigError, parse_config
 from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.gcs import GCSConfig, GCSDestination
 from bifrost_pipeline_tests.destinations import object_store_cases as cases
+from bifrost_pipeline_tests.destinations.context import context
 from bifrost_pipeline_tests.emulators.servers import free_port
-from bifrost_pipeline_tests.helpers import make_app
 
 pytestmark = pytest.mark.usefixtures("no_cloud_metadata")
 _names = itertools.count()
-_APP = make_app(Path(tempfile.mkdtemp(prefix="bifrost-gcs-app-")))
 
 
 def make(url: str | None, bucket: str, **overrides) -> GCSDestination:
     raw = {"bucket": bucket, "endpoint_url": url, **overrides}
-    return GCSDestination(GCSConfig.model_validate(raw), export_name="e", app=_APP)
+    return GCSDestination(GCSConfig.model_validate(raw), context("e"))
 
 
 def raw_client(url: str):
@@ -194,7 +191,7 @@ def test_seed_keys_load_unchanged_and_secrets_stay_hidden(tmp_path):
     cfg = export.destination.config
     assert cfg.credentials.service_account_key.get_secret_value() == key
     assert "PRIVATE KEY" not in repr(app)
-    assert GCSDestination(cfg, export_name="gcs_seed", app=app).describe() == "gs://bifrost-logs/logs/{year}/{month}/{day}/"
+    assert GCSDestination(cfg, app.destination_context("gcs_seed")).describe() == "gs://bifrost-logs/logs/{year}/{month}/{day}/"
 
     raw["log_exports"]["exports"][0]["destination"]["config"]["credentials"]["service_account_key"] = '{"private_key": "-----BEGIN x'
     with pytest.raises(ConfigError) as err:

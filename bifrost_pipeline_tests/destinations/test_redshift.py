@@ -9,11 +9,12 @@ import boto3
 import psycopg
 import pytest
 
-from bifrost_pipeline.config import AppConfig, parse_config
+from bifrost_pipeline.config import parse_config
 from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.base import DestinationError
 from bifrost_pipeline.destinations.redshift import RedshiftDestination, copy_sql
 from bifrost_pipeline_tests.destinations import warehouse_data as wd
+from bifrost_pipeline_tests.destinations.context import context
 from bifrost_pipeline_tests.emulators.servers import free_port
 
 AWS_ENV = {
@@ -42,7 +43,7 @@ def make(standin, export="daily_redshift", **config) -> RedshiftDestination:
         **config,
     }
     return RedshiftDestination(
-        RedshiftDestination.Config.model_validate(raw), export_name=export, app=AppConfig()
+        RedshiftDestination.Config.model_validate(raw), context(export)
     )
 
 
@@ -121,11 +122,11 @@ def test_the_host_is_looked_up_from_the_cluster(warehouse_moto, aws_env, monkeyp
             "credentials": {"username": "u", "password": "p"},
         }
     )
-    host, port = RedshiftDestination(cfg, export_name="rs", app=AppConfig()).endpoint()
+    host, port = RedshiftDestination(cfg, context("rs")).endpoint()
     assert host.startswith("bifrost-cluster.") and port == 5439
     missing = cfg.model_copy(update={"cluster": "no-such-cluster"})
     with pytest.raises(DestinationError, match="cannot find the endpoint of cluster 'no-such-cluster'"):
-        RedshiftDestination(missing, export_name="rs", app=AppConfig()).endpoint()
+        RedshiftDestination(missing, context("rs")).endpoint()
 
 
 def test_table_created_with_redshift_types_loaded_and_reloaded_idempotently(redshift_standin, tmp_path):

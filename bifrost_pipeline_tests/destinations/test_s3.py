@@ -14,9 +14,9 @@ from bifrost_pipeline.config import ConfigError, parse_config
 from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.s3 import S3Config, S3Destination
 from bifrost_pipeline_tests.destinations import object_store_cases as cases
+from bifrost_pipeline_tests.destinations.context import context
 from bifrost_pipeline_tests.emulators.object_stores import MOTO_KEY, MOTO_REGION
 from bifrost_pipeline_tests.emulators.servers import free_port
-from bifrost_pipeline_tests.helpers import make_app
 
 pytestmark = pytest.mark.usefixtures("no_cloud_metadata")
 _names = itertools.count()
@@ -36,20 +36,7 @@ def make(url: str, bucket: str, *, key: str = MOTO_KEY, secret: str = MOTO_KEY, 
         "credentials": {"access_key_id": key, "secret_access_key": secret},
         **overrides,
     }
-    return S3Destination(S3Config.model_validate(raw), export_name="e", app=make_app_once())
-
-
-_app = None
-
-
-def make_app_once():
-    global _app
-    if _app is None:
-        import tempfile
-        from pathlib import Path
-
-        _app = make_app(Path(tempfile.mkdtemp(prefix="bifrost-s3-app-")))
-    return _app
+    return S3Destination(S3Config.model_validate(raw), context("e"))
 
 
 @pytest.fixture
@@ -162,7 +149,7 @@ def test_no_credentials_anywhere(monkeypatch, tmp_path, moto_s3):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     config = S3Config.model_validate({"bucket": "b", "region": MOTO_REGION, "endpoint_url": moto_s3.url})
-    dest = S3Destination(config, export_name="e", app=make_app_once())
+    dest = S3Destination(config, context("e"))
     cases.expect_error(dest, cases.output(tmp_path), "no AWS credentials found", "instance role")
 
 
@@ -175,7 +162,7 @@ def test_default_chain_is_used_without_keys(monkeypatch, tmp_path, store, moto_s
            "credentials": {"access_key_id": "", "secret_access_key": ""}}
     config = S3Config.model_validate(raw)
     assert config.credentials is None
-    S3Destination(config, export_name="e", app=make_app_once()).write_partition(cases.output(tmp_path))
+    S3Destination(config, context("e")).write_partition(cases.output(tmp_path))
     assert "e/2024-01-15/_manifest.json" in store.objects(bucket, "")
 
 
@@ -211,7 +198,7 @@ def test_seed_keys_load_unchanged_and_secrets_stay_hidden():
     assert (cfg.bucket, cfg.region, cfg.prefix) == ("bifrost-logs", "us-west-2", "logs/{year}/{month}/{day}/")
     assert cfg.credentials.secret_access_key.get_secret_value() == "very-secret-value"
     assert "very-secret-value" not in repr(app)
-    dest = S3Destination(cfg, export_name="s3_seed", app=app)
+    dest = S3Destination(cfg, app.destination_context("s3_seed"))
     assert dest.describe() == "s3://bifrost-logs/logs/{year}/{month}/{day}/"
 
 

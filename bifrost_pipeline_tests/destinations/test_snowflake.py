@@ -7,11 +7,12 @@ import time
 import pytest
 import snowflake.connector
 
-from bifrost_pipeline.config import AppConfig, parse_config
+from bifrost_pipeline.config import parse_config
 from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.base import DestinationError
 from bifrost_pipeline.destinations.snowflake import SnowflakeDestination
 from bifrost_pipeline_tests.destinations import warehouse_data as wd
+from bifrost_pipeline_tests.destinations.context import context
 from bifrost_pipeline_tests.emulators.servers import free_port
 
 DATABASE = "BIFROST_LOGS"
@@ -50,7 +51,7 @@ def make(server, export="daily_snowflake", schema="PUBLIC", **config) -> Snowfla
         **config,
     }
     return SnowflakeDestination(
-        SnowflakeDestination.Config.model_validate(raw), export_name=export, app=AppConfig()
+        SnowflakeDestination.Config.model_validate(raw), context(export)
     )
 
 
@@ -90,7 +91,7 @@ def test_the_seed_keys_load_unchanged_and_secrets_stay_hidden():
     cfg = app.exports[0].destination.config
     assert destination_class("snowflake") is SnowflakeDestination
     assert cfg.account_identifier == "your-account" and cfg.schema_name == "PUBLIC"
-    dest = SnowflakeDestination(cfg, export_name="sf", app=app)
+    dest = SnowflakeDestination(cfg, app.destination_context("sf"))
     assert dest.describe() == "snowflake:your-account/BIFROST_LOGS.PUBLIC.request_logs"
     assert "pw-secret-987" not in repr(app.exports[0])
     args = dest.connect_args()
@@ -120,8 +121,7 @@ def test_key_pair_and_oauth_credentials(tmp_path):
                 },
             }
         ),
-        export_name="e",
-        app=AppConfig(),
+        context("e"),
     )
     args = dest.connect_args()
     assert args["role"] == "LOADER" and "password" not in args
@@ -131,7 +131,7 @@ def test_key_pair_and_oauth_credentials(tmp_path):
     oauth = SnowflakeDestination.Config.model_validate(
         {**base, "credentials": {"username": "u", "token": "tok-1"}}
     )
-    args = SnowflakeDestination(oauth, export_name="e", app=AppConfig()).connect_args()
+    args = SnowflakeDestination(oauth, context("e")).connect_args()
     assert args["authenticator"] == "oauth" and args["token"] == "tok-1"
 
     with pytest.raises(ValueError, match="exactly one of"):
@@ -236,18 +236,22 @@ def test_bad_credentials_and_missing_database_are_not_retryable():
     # fakesnow accepts any password and creates databases on connect: Snowflake's own messages are used here.
     dest = make(type("S", (), {"port": 1})(), database="NO_SUCH_DB")
     bad_login = snowflake.connector.errors.DatabaseError(
-        msg="250001 (08001): Failed to connect to DB: Incorrect username or password was specified."
+        msg="Failed to connect to DB: acme.snowflakecomputing.com:443. Incorrect username or password was specified.",
+        errno=390100,
+        sqlstate="08001",
     )
-    err = dest._fail(bad_login, "cannot connect")
+    err = dest.failure(bad_login, "cannot connect")
     assert (
         not err.retryable and "Incorrect username or password" in str(err) and "daily_snowflake" in str(err)
     )
     missing = snowflake.connector.errors.ProgrammingError(
-        msg="002043 (02000): SQL compilation error: Object does not exist, or operation cannot be performed."
+        msg="SQL compilation error: Object does not exist, or operation cannot be performed.",
+        errno=2043,
+        sqlstate="02000",
     )
-    assert not dest._fail(missing, "cannot use NO_SUCH_DB.PUBLIC").retryable
+    assert not dest.failure(missing, "cannot use NO_SUCH_DB.PUBLIC").retryable
     echoed = snowflake.connector.errors.DatabaseError(msg="login failed for password loader-pw-123")
-    assert "loader-pw-123" not in str(dest._fail(echoed, "cannot connect"))
+    assert "loader-pw-123" not in str(dest.failure(echoed, "cannot connect"))
 
 
 def test_a_file_staged_by_the_export_step_loads_as_is(snow, tmp_path):

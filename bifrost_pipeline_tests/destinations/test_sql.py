@@ -7,11 +7,12 @@ import time
 import psycopg
 import pytest
 
-from bifrost_pipeline.config import AppConfig, parse_config
+from bifrost_pipeline.config import parse_config
 from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.base import DestinationError
 from bifrost_pipeline.destinations.sql import SQLDestination
 from bifrost_pipeline_tests.destinations import warehouse_data as wd
+from bifrost_pipeline_tests.destinations.context import context
 from bifrost_pipeline_tests.emulators.servers import free_port
 
 
@@ -22,7 +23,7 @@ def pg_db(postgres_server):
 
 def make(postgres_server, database, export="daily_pg", **config) -> SQLDestination:
     cfg = SQLDestination.Config.model_validate({"url": postgres_server.url(database), **config})
-    return SQLDestination(cfg, export_name=export, app=AppConfig())
+    return SQLDestination(cfg, context(export))
 
 
 def query(postgres_server, database, sql, params=None) -> list[tuple]:
@@ -59,7 +60,7 @@ def test_registered_and_configured_from_an_environment_variable():
         }
     }
     app = parse_config(raw, env={"PG_URL": "postgresql+psycopg://u:hunter22@db.example:5432/logs"})
-    dest = destination_class("sql")(app.exports[0].destination.config, export_name="pg", app=app)
+    dest = destination_class("sql")(app.exports[0].destination.config, app.destination_context("pg"))
     assert dest.config.schema_name == "analytics"
     assert "hunter22" not in dest.describe() and "db.example" in dest.describe()
     assert "hunter22" not in repr(app.exports[0])
@@ -148,8 +149,7 @@ def test_errors_name_the_export_and_store_never_the_password(postgres_server, pg
         SQLDestination.Config(
             url=postgres_server.url(pg_db).replace(postgres_server.password, "wrong-pw-123")
         ),
-        export_name="daily_pg",
-        app=AppConfig(),
+        context("daily_pg"),
     )
     with pytest.raises(DestinationError) as err:
         bad_pw.write_partition(output)
@@ -165,8 +165,7 @@ def test_errors_name_the_export_and_store_never_the_password(postgres_server, pg
         SQLDestination.Config(
             url=f"postgresql+psycopg://u:secret-xyz@127.0.0.1:{free_port()}/db", connect_timeout=3
         ),
-        export_name="daily_pg",
-        app=AppConfig(),
+        context("daily_pg"),
     )
     with pytest.raises(DestinationError) as err:
         unreachable.write_partition(output)
@@ -199,7 +198,7 @@ def test_other_databases_load_through_executemany(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'w.db'}"
     dest = SQLDestination(
-        SQLDestination.Config(url=url, table="request_logs"), export_name="lite", app=AppConfig()
+        SQLDestination.Config(url=url, table="request_logs"), context("lite")
     )
     first = wd.day_partition("lite", wd.DAYS[0], tmp_path)
     dest.write_partition(first)
