@@ -11,6 +11,7 @@ from bifrost_pipeline.defs.alerts import build_alert_defs
 from bifrost_pipeline.defs.exports import build_export_defs
 from bifrost_pipeline.defs.raw import build_raw_defs
 from bifrost_pipeline.defs.resources import build_resources
+from bifrost_pipeline.defs.retention import build_retention_defs
 from bifrost_pipeline.defs.sensors import build_sensor_defs
 
 
@@ -18,7 +19,11 @@ def build_definitions(app: AppConfig, path: str) -> dg.Definitions:
     built = [build_raw_defs(app), *(build_export_defs(app, export) for export in app.exports)]
     jobs = {job.name: job for defs in built for job in defs.jobs or []}
     return dg.Definitions.merge(
-        *built, build_sensor_defs(app, jobs), build_alert_defs(app), build_resources(path)
+        *built,
+        build_sensor_defs(app, jobs),
+        build_alert_defs(app),
+        build_retention_defs(app),
+        build_resources(path),
     )
 
 
