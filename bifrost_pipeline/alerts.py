@@ -54,17 +54,23 @@ def json_body(alert: Alert) -> dict[str, Any]:
     return body
 
 
+def _escape(text: str) -> str:
+    """Slack's mrkdwn reads &, < and > as markup (links, mentions): an error message must show as written."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _lines(alert: Alert) -> list[str]:
+    """The details, as Slack mrkdwn lines (values escaped)."""
     lines = []
     if alert.assets:
-        lines.append(f"*Export/asset:* {', '.join(alert.assets)}")
+        lines.append(f"*Export/asset:* {_escape(', '.join(alert.assets))}")
     if alert.partition:
-        lines.append(f"*Partition:* {alert.partition}")
+        lines.append(f"*Partition:* {_escape(alert.partition)}")
     lines.append(f"*Job:* {alert.job}")
     for c in alert.checks:
-        lines.append(f"*Check failed ({c.severity}):* {c.asset} {c.name}: {truncate(c.description, 300)}")
+        lines.append(f"*Check failed ({c.severity}):* {c.asset} {c.name}: {_escape(truncate(c.description, 300))}")
     if alert.error:
-        lines.append(f"*Error:* {truncate(alert.error)}")
+        lines.append(f"*Error:* {_escape(truncate(alert.error))}")
     return lines
 
 
@@ -72,11 +78,12 @@ def slack_body(alert: Alert) -> dict[str, Any]:
     """Slack's incoming-webhook body: `text` (shown in notifications and by clients without blocks) and
     blocks with the details and a link to the run."""
     link = f"<{alert.url}|Open {'the run' if alert.run_id else 'the export'} in Dagster>"
-    text = "\n".join([f":rotating_light: {alert.summary}", *_lines(alert), link])
+    summary = _escape(alert.summary)
+    text = "\n".join([f":rotating_light: {summary}", *_lines(alert), link])
     return {
         "text": text,
         "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": f":rotating_light: *{alert.summary}*"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f":rotating_light: *{summary}*"}},
             {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(_lines(alert))}},
             {"type": "section", "text": {"type": "mrkdwn", "text": link}},
         ],

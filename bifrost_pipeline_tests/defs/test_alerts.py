@@ -226,3 +226,13 @@ def test_a_failed_post_is_logged_without_the_url_and_does_not_hang(receiver, cap
     assert time.monotonic() - started < 2.5
     assert len(caplog.records) == 2 and "alerts.webhooks[0] (slack)" in caplog.text
     assert "T0SECRET" not in caplog.text and "127.0.0.1" not in caplog.text
+
+
+def test_slack_text_shows_markup_characters_as_written():
+    from bifrost_pipeline.alerts import slack_body
+
+    alert = Alert(kind="run_failure", summary="Run failed: x", job="j", run_id="r", url="http://ui/runs/r",
+                  error="expected <b> & got <@U123>")
+    body = slack_body(alert)
+    assert "expected &lt;b&gt; &amp; got &lt;@U123&gt;" in body["text"]
+    assert body["text"].endswith("<http://ui/runs/r|Open the run in Dagster>")
