@@ -7,16 +7,24 @@ from __future__ import annotations
 import dagster as dg
 
 from bifrost_pipeline.config import AppConfig, config_path, load_config
+from bifrost_pipeline.defs.alerts import build_alert_defs
 from bifrost_pipeline.defs.exports import build_export_defs
 from bifrost_pipeline.defs.raw import build_raw_defs
 from bifrost_pipeline.defs.resources import build_resources
+from bifrost_pipeline.defs.retention import build_retention_defs
 from bifrost_pipeline.defs.sensors import build_sensor_defs
 
 
 def build_definitions(app: AppConfig, path: str) -> dg.Definitions:
     built = [build_raw_defs(app), *(build_export_defs(app, export) for export in app.exports)]
     jobs = {job.name: job for defs in built for job in defs.jobs or []}
-    return dg.Definitions.merge(*built, build_sensor_defs(app, jobs), build_resources(path))
+    return dg.Definitions.merge(
+        *built,
+        build_sensor_defs(app, jobs),
+        build_alert_defs(app),
+        build_retention_defs(app),
+        build_resources(path),
+    )
 
 
 @dg.definitions

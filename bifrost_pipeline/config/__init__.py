@@ -2,18 +2,20 @@
 
 One file, in the spirit of Bifrost's ``config.json`` (JSON or YAML): ``log_exports`` (the log export
 format of Bifrost's docs), ``client`` (logging headers, required headers, Prometheus labels, content
-logging), ``providers`` and ``proxy`` (the ingestion proxy), ``landing`` (where segments land) and
-``pipeline`` (where the pipeline keeps its data). Its path comes from ``BIFROST_PIPELINE_CONFIG``,
-default ``bifrost_pipeline.yaml`` in the working directory.
+logging), ``providers`` and ``proxy`` (the ingestion proxy), ``landing`` (where segments land),
+``pipeline`` (where the pipeline keeps its data, and how long) and ``alerts`` (webhooks, freshness grace).
+Its path comes from ``BIFROST_PIPELINE_CONFIG``, default ``bifrost_pipeline.yaml`` in the working directory.
 
 - ``loading``: decoding, ``${VAR}`` substitution, checking, and reporting every problem with its path;
 - ``exports``: the ``log_exports`` section (schedule, filters, transformations, data, destination);
 - ``proxy``: ``client``, ``providers`` and ``proxy``;
+- ``alerts``: the ``alerts`` section (webhooks, the UI's address, the freshness grace);
 - ``app``: ``landing``, ``pipeline`` and ``AppConfig``, the whole file with the paths it names.
 
 Import from here (``from bifrost_pipeline.config import AppConfig``); the modules are the layout.
 """
 
+from bifrost_pipeline.config.alerts import WEBHOOK_FORMATS, AlertsConfig, Webhook
 from bifrost_pipeline.config.app import AppConfig, LandingConfig, PipelineConfig
 from bifrost_pipeline.config.base import Strict
 from bifrost_pipeline.config.exports import (
@@ -65,8 +67,10 @@ __all__ = [
     "RECORD_DATASETS",
     "TIME_GROUPS",
     "TRANSFORMATION_TYPES",
+    "WEBHOOK_FORMATS",
     "WEEKDAYS",
     "Aggregate",
+    "AlertsConfig",
     "Anonymize",
     "AppConfig",
     "ClientConfig",
@@ -87,6 +91,7 @@ __all__ = [
     "Schedule",
     "Strict",
     "Transformation",
+    "Webhook",
     "config_path",
     "decode",
     "format_path",

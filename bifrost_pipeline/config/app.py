@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from bifrost_pipeline.config.alerts import AlertsConfig
 from bifrost_pipeline.config.base import Strict
 from bifrost_pipeline.config.exports import ExportConfig, LogExports
 from bifrost_pipeline.config.proxy import ClientConfig, ProviderConfig, ProxyConfig
@@ -24,6 +25,9 @@ class LandingConfig(Strict):
     # For a URL: the local directory the proxy writes to before `bifrost-pipeline upload-landing` ships its
     # segments, and where the pipeline mirrors a day before validating it. Default <data_dir>/landing_local.
     local_path: str | None = None
+    # Compliance: the retention job removes a day's segments once the day is older than this many days and
+    # raw_logs has been built from them (see README, Operations). None: segments are kept forever.
+    retention_days: Annotated[int, Field(ge=1)] | None = None
 
 
 class PipelineConfig(Strict):
@@ -36,6 +40,11 @@ class PipelineConfig(Strict):
     # A failed export step (raw day missing or stale, store unreachable) is retried with backoff.
     export_retries: Annotated[int, Field(ge=0, le=20)] = 3
     export_retry_delay_s: Annotated[float, Field(ge=0)] = 30.0
+    # Compliance: raw_logs and quarantine days older than this many days are removed by the retention job,
+    # unless an export that has not yet run over them still needs them. None: kept forever.
+    raw_retention_days: Annotated[int, Field(ge=1)] | None = None
+    # The retention job only reports what it would remove (in its run's metadata) while this is true.
+    retention_dry_run: bool = False
 
 
 class AppConfig(Strict):
@@ -45,6 +54,7 @@ class AppConfig(Strict):
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     landing: LandingConfig = Field(default_factory=LandingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     # Where relative paths are resolved from: the config file's directory.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from bifrost_pipeline.config import AppConfig, ExportConfig
+from bifrost_pipeline.defs.freshness import export_freshness_policy
 from bifrost_pipeline.defs.partitions import export_partitions
 from bifrost_pipeline.defs.raw import RAW, landing_state, recorded_landing_state
 from bifrost_pipeline.defs.resources import PipelineResource
@@ -83,6 +84,7 @@ def build_export_asset(app: AppConfig, export: ExportConfig) -> dg.AssetsDefinit
             backoff=dg.Backoff.EXPONENTIAL,
         ),
         op_tags=tags,
+        freshness_policy=export_freshness_policy(app, export),
         metadata={"destination": destination.describe(), "format": export.data.format},
     )
     def _export(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:

@@ -62,8 +62,11 @@ class LandingState:
         """True when this state has segments that `recorded` (what a read of the day saw) did not.
 
         A different count means segments were added (or removed by hand); a newer mtime means one was
-        replaced. Either way what was built from `recorded` is stale.
+        replaced. Either way what was built from `recorded` is stale. An emptied day is not newer: the
+        retention job removes a day's segments only once raw_logs has read all of them (retention.py).
         """
+        if self.segments == 0:
+            return False
         return self.segments != recorded.segments or self.newest_mtime > recorded.newest_mtime
 
     def describe(self) -> str:
