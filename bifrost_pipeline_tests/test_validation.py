@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from bifrost_pipeline import landing, validation
-from bifrost_pipeline_tests.helpers import DAY, land, make_app, record, utc
+from bifrost_pipeline_tests.helpers import DAY, land, land_bytes, make_app, record, utc
 
 BAD_CORPUS = [
     (b'{"request_id": "x", "timestamp": ', "malformed JSON"),
@@ -143,10 +143,7 @@ def test_several_segments_each_keep_their_own_line_numbers(tmp_path):
 
 
 def _segment_of(app, data: bytes, hour: int = 10):
-    """A published segment holding exactly `data` (no newline added: lets a test cut the last line)."""
-    path = landing.write_segment(app.landing_dir, [b"placeholder"], utc(2024, 1, 15, hour))
-    path.write_bytes(data)
-    return path
+    return land_bytes(app, data, utc(2024, 1, 15, hour))
 
 
 def _good(request_id: str) -> bytes:
