@@ -15,12 +15,12 @@ temporary names and renamed into place, so re-validating a day replaces it.
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import re
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
@@ -179,6 +179,7 @@ def _typed_exprs() -> list[pl.Expr]:
 REASON = "__reason"
 INDEX = "__index"
 SEGMENT = "__segment"
+DEDUP_ROW = "__row"
 
 
 def _read(block: bytes) -> pl.DataFrame:
@@ -420,24 +421,25 @@ class _PartWriter:
 
 
 def _blocks(path: Path, block_bytes: int):
-    """Yield (first line number, bytes) blocks of whole lines."""
-    line_no = 1
-    rest = b""
+    """Yield (first line number, bytes) blocks of whole lines, each ending with a newline (one is added to a
+    last line that has none). The file is mapped, so each byte is copied once, into its block."""
     with open(path, "rb") as fh:
-        while True:
-            chunk = fh.read(block_bytes)
-            if not chunk:
-                break
-            data = rest + chunk if rest else chunk
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                rest = data
-                continue
-            block, rest = data[:cut], data[cut:]
-            yield line_no, block
-            line_no += block.count(b"\n")
-    if rest:
-        yield line_no, rest + b"\n"
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            start, line_no = 0, 1
+            while start < size:
+                end = start + block_bytes
+                cut = mm.rfind(b"\n", start, end) + 1 if end < size else size
+                if cut <= start:  # a line longer than a block: the block is that line
+                    cut = mm.find(b"\n", end) + 1 or size
+                block = mm[start:cut]
+                if not block.endswith(b"\n"):
+                    block += b"\n"
+                yield line_no, block
+                line_no += block.count(b"\n")
+                start = cut
 
 
 def _line_text(line: bytes) -> bytes:
@@ -462,8 +464,11 @@ _LONE_SURROGATE = re.compile(
 )
 
 
-def _may_hold_lone_surrogate(data: bytes) -> bool:
-    return (b"\\ud" in data or b"\\uD" in data) and _LONE_SURROGATE.search(data) is not None
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # one quick scan before the exact pattern
+
+
+def _may_hold_lone_surrogate(data: bytes | mmap.mmap) -> bool:
+    return _SURROGATE_ESCAPE.search(data) is not None and _LONE_SURROGATE.search(data) is not None
 
 
 # a newline followed by a blank line (an optional BOM, JSON whitespace, then the next line end)
@@ -480,14 +485,34 @@ class _Survey:
     careful: bool = False  # a BOM at a line start or a lone surrogate escape: the reader would refuse or garble
 
 
-def _survey(path: Path, block_bytes: int) -> _Survey:
+def _survey(path: Path) -> _Survey:
+    """One read of the mapped file, no Python loop over lines (about 0.7 GB/s here)."""
     s = _Survey()
-    for _, block in _blocks(path, block_bytes):
-        s.lines += block.count(b"\n")
-        s.blank += len(_BLANK_AFTER_NEWLINE.findall(block)) + _is_blank(_line_text(block[: block.find(b"\n")]))
-        if not s.careful:
-            s.careful = block.startswith(BOM) or b"\n" + BOM in block or _may_hold_lone_surrogate(block)
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return s
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            last_start = mm.rfind(b"\n") + 1
+            s.lines = _count_newlines(mm) + (last_start < size)
+            first_end = mm.find(b"\n")
+            # the regex counts each blank line after a newline; the first line and a last one without a
+            # newline are looked at here
+            s.blank = len(_BLANK_AFTER_NEWLINE.findall(mm)) + _is_blank(
+                _line_text(mm[: first_end if first_end >= 0 else size])
+            )
+            if 0 < last_start < size:
+                s.blank += _is_blank(_line_text(mm[last_start:]))
+            s.careful = mm[:3] == BOM or mm.find(b"\n" + BOM) >= 0 or _may_hold_lone_surrogate(mm)
     return s
+
+
+def _count_newlines(data: mmap.mmap, chunk: int = 1 << 24) -> int:
+    view = np.frombuffer(data, dtype=np.uint8)
+    try:
+        return sum(int(np.count_nonzero(view[i : i + chunk] == 10)) for i in range(0, len(view), chunk))
+    finally:
+        del view  # the map cannot close while an array looks at it
 
 
 class _BlockValidator:
@@ -627,7 +652,7 @@ def validate_day(app: AppConfig, day: date, *, block_bytes: int = BLOCK_BYTES) -
         result.segments += 1
         result.bytes_read += seg.size
         result.newest_segment_mtime = max(result.newest_segment_mtime or seg.mtime, seg.mtime)
-        survey = _survey(seg.path, block_bytes)
+        survey = _survey(seg.path)
         result.lines_read += survey.lines
         result.blank_lines += survey.blank
         if survey.careful:
@@ -747,10 +772,11 @@ def deduplicate(parts: list[Path], work: Path, memory_limit: str) -> tuple[int, 
         ).fetchone()
         touched = con.execute("SELECT DISTINCT pos >> 40 FROM copies WHERE NOT kept ORDER BY 1").fetchall()
         for (i,) in touched:
-            rows = con.sql(
-                f"SELECT pos - ({int(i)}::BIGINT << 40) FROM copies WHERE NOT kept AND pos >> 40 = {int(i)} ORDER BY pos"
-            ).to_arrow_reader(ROW_GROUP_ROWS)
-            _drop_rows(parts[i], (batch.column(0).to_numpy() for batch in rows))
+            # 8 bytes per dropped copy of this part: bounded by the duplicates, not by the day
+            rows = con.execute(
+                f"SELECT pos - ({int(i)}::BIGINT << 40) AS row FROM copies WHERE NOT kept AND pos >> 40 = {int(i)}"
+            ).fetchnumpy()["row"]
+            _drop_rows(parts[i], rows, work)
         return int(dropped), int(differing)
     finally:
         con.close()
@@ -773,31 +799,18 @@ def _sql_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _drop_rows(part: Path, dropped: Iterator[np.ndarray]) -> None:
-    """Rewrite a part without the rows at the given positions (ascending), one row group at a time."""
-    source = pq.ParquetFile(part)
-    tmp = part.with_name(part.name + ".dedup")
-    pending = np.empty(0, dtype=np.int64)
-    exhausted = False
-    with pq.ParquetWriter(
-        tmp, source.schema_arrow, compression=RAW_COMPRESSION[0], compression_level=RAW_COMPRESSION[1]
-    ) as writer:
-        start = 0
-        for g in range(source.num_row_groups):
-            table = source.read_row_group(g)
-            end = start + table.num_rows
-            while not exhausted and (len(pending) == 0 or pending[-1] < end):
-                batch = next(dropped, None)
-                exhausted = batch is None
-                if batch is not None:
-                    pending = np.concatenate([pending, batch])
-            here = pending[pending < end]
-            pending = pending[len(here) :]
-            keep = np.ones(table.num_rows, dtype=bool)
-            keep[here - start] = False
-            kept = table.filter(pa.array(keep))
-            if kept.num_rows:
-                writer.write_table(kept, row_group_size=kept.num_rows)
-            start = end
-    source.close()
+def _drop_rows(part: Path, rows: np.ndarray, work: Path) -> None:
+    """Rewrite a part without the rows at the given positions, streaming (Polars reads these parts several
+    times faster than pyarrow here)."""
+    tmp = work / f"dedup-{part.name}"
+    drop = pl.Series(rows, dtype=pl.UInt32).implode()
+    (
+        pl.scan_parquet(part)
+        .with_row_index(DEDUP_ROW)
+        .filter(~pl.col(DEDUP_ROW).is_in(drop))
+        .drop(DEDUP_ROW)
+        .sink_parquet(
+            tmp, compression=RAW_COMPRESSION[0], compression_level=RAW_COMPRESSION[1], row_group_size=ROW_GROUP_ROWS
+        )
+    )
     os.replace(tmp, part)
