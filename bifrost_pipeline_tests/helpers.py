@@ -64,6 +64,14 @@ def land(app: AppConfig, records: list[dict | bytes], when: datetime | None = No
     return path
 
 
+def land_bytes(app: AppConfig, data: bytes, when: datetime) -> Path:
+    """A published segment holding exactly `data` (no newline added: a test can cut the last line)."""
+    path = landing.write_segment(app.landing_dir, [b"placeholder"], when, source="test")
+    assert path is not None
+    path.write_bytes(data)
+    return path
+
+
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 

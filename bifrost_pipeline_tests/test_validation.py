@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from bifrost_pipeline import landing, validation
-from bifrost_pipeline_tests.helpers import DAY, land, make_app, record, utc
+from bifrost_pipeline_tests.helpers import DAY, land, land_bytes, make_app, record, utc
 
 BAD_CORPUS = [
     (b'{"request_id": "x", "timestamp": ', "malformed JSON"),
@@ -137,3 +137,155 @@ def test_several_segments_each_keep_their_own_line_numbers(tmp_path):
     assert set(q) == {(rel[broken], 2), (rel[ruled], 2), (rel[ruled], 4)}
     assert q[(rel[ruled], 4)].startswith("latency_ms: -1 is below the minimum 0")
     assert sorted(pl.read_parquet(result.raw_path)["request_id"]) == ["b1", "b3", "c1", "c2", "r1"]
+
+
+# --- hostile lines (issue 11): no single line fails a day; every reason is in words -------------------
+
+
+def _segment_of(app, data: bytes, hour: int = 10):
+    return land_bytes(app, data, utc(2024, 1, 15, hour))
+
+
+def _good(request_id: str) -> bytes:
+    return json.dumps(record(request_id=request_id)).encode()
+
+
+def test_a_line_nested_2000_levels_deep_is_quarantined_and_the_day_completes(tmp_path):
+    app = make_app(tmp_path)
+    deep = b'{"a":' * 2000 + b"1" + b"}" * 2000
+    deep_meta = _good("m")[:-1] + b', "metadata": ' + b'{"a":' * 2000 + b'"x"' + b"}" * 2000 + b"}"
+    land(app, [record(request_id="before"), deep, deep_meta, record(request_id="after")])
+    result = validation.validate_day(app, DAY)
+    assert (result.valid_rows, result.quarantined_rows) == (2, 2)
+    q = pl.read_parquet(result.quarantine_path).sort("line")
+    assert q["line"].to_list() == [2, 3]
+    for reason in q["reason"]:
+        assert "nested" in reason and "deep" in reason, reason
+
+
+def test_a_bom_at_the_start_of_a_segment_or_of_any_line_is_stripped(tmp_path):
+    app = make_app(tmp_path)
+    bom = b"\xef\xbb\xbf"
+    _segment_of(app, bom + _good("first") + b"\n" + _good("second") + b"\r\n" + bom + _good("third") + b"\n")
+    result = validation.validate_day(app, DAY)
+    assert result.quarantined_rows == 0, pl.read_parquet(result.quarantine_path)["reason"].to_list()
+    assert sorted(pl.read_parquet(result.raw_path)["request_id"]) == ["first", "second", "third"]
+
+
+GOOD = _good("x")
+WORDED = [
+    (GOOD.replace(b'"cost_usd": 0.0045', b'"cost_usd": NaN'), "malformed JSON: NaN is not a JSON number (column"),
+    (GOOD.replace(b'"cost_usd": 0.0045', b'"cost_usd": Infinity'), "Infinity is not a JSON number (column"),
+    (GOOD.replace(b'"cost_usd": 0.0045', b'"cost_usd": -Infinity'), "-Infinity is not a JSON number (column"),
+    (GOOD.replace(b'"cost_usd": 0.0045', b'"cost_usd": 1e400'), "beyond the range of a double"),
+    (GOOD.replace(b'"latency_ms": 1250', b'"latency_ms": 99999999999999999999999'), "latency_ms:"),
+    (GOOD.replace(b'"gpt-4o"', b'"gpt\\ud800\\u0041"'), "lone UTF-16 surrogate"),
+    (GOOD.replace(b'"gpt-4o"', b'"gpt\\udc00"'), "lone UTF-16 surrogate"),
+    (GOOD.replace(b'"gpt-4o"', b'"gpt\xed\xa0\x80"'), "not valid UTF-8 at byte"),
+    (GOOD.replace(b'"gpt-4o"', b'"gpt\x00"'), "control character U+0000"),
+    (GOOD.replace(b'"gpt-4o"', b'"gpt\x1f"'), "control character U+001F"),
+    (GOOD + b"\x00", "malformed JSON: more than one JSON value on the line, or text after it"),
+    (GOOD + b" " + GOOD, "more than one JSON value on the line"),
+    (GOOD[:60], "the line ends before the JSON value does"),
+    (b"\x0b", "malformed JSON: unexpected character, expected a JSON value, found U+000B (column 1)"),
+    (b"42", "expected a JSON object, got int"),
+    (b"null", "expected a JSON object, got null"),
+]
+
+
+@pytest.mark.parametrize(("line", "words"), WORDED, ids=[w for _, w in WORDED])
+def test_every_reason_says_in_words_what_is_wrong(tmp_path, line, words):
+    app = make_app(tmp_path)
+    land(app, [record(request_id="a"), line, record(request_id="b")])
+    result = validation.validate_day(app, DAY)
+    (reason,) = pl.read_parquet(result.quarantine_path)["reason"].to_list()
+    assert words in reason, reason
+    assert "Error(" not in reason and "TapeError" not in reason, reason
+    assert result.valid_rows == 2
+
+
+def test_a_lone_surrogate_escape_never_lands_as_a_nul_character(tmp_path):
+    # the reader turns "\ud800x" into "\x00x" without a word: the line must be quarantined instead
+    app = make_app(tmp_path)
+    land(app, [record(request_id="a"), GOOD.replace(b'"gpt-4o"', b'"gpt\\ud800x"'), record(model="\U0001f600")])
+    result = validation.validate_day(app, DAY)
+    assert result.quarantined_rows == 1
+    models = pl.read_parquet(result.raw_path)["model"].to_list()
+    assert all("\x00" not in m for m in models) and "\U0001f600" in models
+
+
+def test_crlf_line_ends_and_a_segment_cut_mid_line(tmp_path):
+    app = make_app(tmp_path)
+    _segment_of(app, _good("a") + b"\r\n\r\n" + _good("b") + b"\r\n" + _good("c")[:70])
+    result = validation.validate_day(app, DAY)
+    assert (result.valid_rows, result.quarantined_rows, result.blank_lines, result.lines_read) == (2, 1, 1, 4)
+    (row,) = pl.read_parquet(result.quarantine_path).to_dicts()
+    assert row["line"] == 4 and row["raw"] == _good("c")[:70].decode() and row["raw_bytes"] == 70
+
+
+def test_a_50_mb_line_is_quarantined_with_its_raw_text_capped_and_its_length_kept(tmp_path):
+    app = make_app(tmp_path)
+    huge = b'{"request_id": "' + b"x" * (50 * 1024 * 1024)  # a string that never ends
+    land(app, [record(request_id="a"), huge, record(request_id="b", input_content="y" * (5 * 1024 * 1024))])
+    result = validation.validate_day(app, DAY, block_bytes=1 << 20)
+    assert (result.valid_rows, result.quarantined_rows) == (2, 1)
+    (row,) = pl.read_parquet(result.quarantine_path).to_dicts()
+    assert row["raw_bytes"] == len(huge) and len(row["raw"]) == validation.RAW_CAP_BYTES
+    assert "the line ends before the JSON value does" in row["reason"]
+
+
+def test_duplicate_keys_keep_the_first_value_as_the_reader_does(tmp_path):
+    app = make_app(tmp_path)
+    land(app, [GOOD[:-1] + b', "model": "second"}'], when=utc(2024, 1, 15, 10))
+    result = validation.validate_day(app, DAY)
+    assert pl.read_parquet(result.raw_path)["model"].to_list() == ["gpt-4o"]
+
+
+# --- every line accounted for; each request_id once (issue 11) ---------------------------------------------
+
+
+def _accounted(result) -> None:
+    assert result.unaccounted_lines == 0, result
+    assert result.lines_read == result.valid_rows + result.quarantined_rows + result.duplicates + result.blank_lines
+
+
+@pytest.mark.parametrize("careful", [False, True], ids=["fast path", "careful path"])
+def test_lines_read_are_all_accounted_for(tmp_path, careful):
+    app = make_app(tmp_path)
+    lines = [record(request_id="a"), b"", b"  \t", record(request_id="b"), record(request_id="a"), record(status="?")]
+    if careful:
+        lines.append(b"{broken")
+    land(app, lines)
+    result = validation.validate_day(app, DAY)
+    _accounted(result)
+    assert (result.lines_read, result.blank_lines, result.duplicates) == (len(lines), 2, 1)
+    assert result.quarantined_rows == 1 + careful and result.valid_rows == 2
+
+
+@pytest.mark.parametrize("block_bytes", [200, validation.BLOCK_BYTES])
+def test_a_record_landed_twice_is_kept_once_the_first_copy_wins(tmp_path, block_bytes):
+    app = make_app(tmp_path)
+    first = land(app, [record(request_id="r1"), record(request_id="r2", model="first-copy")], when=utc(2024, 1, 15, 1))
+    # a resent batch: one copy identical, one changed by the sender; a copy in the same segment too
+    land(app, [record(request_id="r2", model="second-copy"), record(request_id="r1"), record(request_id="r1"), b"{x"], when=utc(2024, 1, 15, 2))
+    assert first.name
+    result = validation.validate_day(app, DAY, block_bytes=block_bytes)
+    raw = pl.read_parquet(result.raw_path).sort("request_id")
+    assert raw["request_id"].to_list() == ["r1", "r2"]
+    assert raw["model"].to_list() == ["gpt-4o", "first-copy"]
+    assert (result.valid_rows, result.duplicates, result.duplicates_differing) == (2, 3, 1)
+    _accounted(result)
+    again = validation.validate_day(app, DAY, block_bytes=block_bytes)
+    assert pl.read_parquet(again.raw_path).sort("request_id").equals(raw)  # re-materializing is idempotent
+
+
+def test_two_copies_of_one_segment_are_kept_once(tmp_path):
+    app = make_app(tmp_path)
+    seg = land(app, [record(request_id=f"r{i}") for i in range(1000)])
+    copy = seg.with_name("zz-" + seg.name)
+    copy.write_bytes(seg.read_bytes())
+    result = validation.validate_day(app, DAY)
+    assert (result.valid_rows, result.duplicates, result.duplicates_differing) == (1000, 1000, 0)
+    raw = pl.read_parquet(result.raw_path)
+    assert raw["request_id"].n_unique() == raw.height == 1000
+    _accounted(result)
