@@ -129,16 +129,17 @@ def test_a_failing_check_posts_once_and_a_passing_run_posts_nothing(setup, recei
     sensor = defs.resolve_sensor_def("alert_on_check_failure")
     sensor(run_status_context(defs, instance, sensor.name, ok, dg.DagsterEventType.RUN_SUCCESS))
     assert receiver.posts == []  # every check passed
-    land(app, [record(request_id="a", timestamp="2024-01-16T10:00:00Z")] * 2)  # the same id twice
+    # one valid record and two malformed lines: the quarantined share is over the threshold (a warning)
+    land(app, [record(request_id="a", timestamp="2024-01-16T10:00:00Z"), b"{not json", b"[1, 2]"])
     bad = defs.resolve_job_def(RAW_JOB).execute_in_process(partition_key="2024-01-16", instance=instance)
-    assert bad.success  # the uniqueness check does not block the run
+    assert bad.success  # a warning does not block the run
     sensor(run_status_context(defs, instance, sensor.name, bad, dg.DagsterEventType.RUN_SUCCESS))
     [generic] = by_path(receiver)["/generic"]
     assert len(by_path(receiver)["/slack/T0SECRET"]) == 1
     assert generic["kind"] == "check_failure"
     assert generic["partition"] == "2024-01-16"
     assert [(c["asset"], c["name"], c["severity"]) for c in generic["checks"]] == [
-        ("raw_logs", "unique_request_id", "ERROR")
+        ("raw_logs", "quarantine_share_below_threshold", "WARN")
     ]
     assert generic["url"] == f"http://dagster.example:3000/runs/{bad.run_id}"
 
