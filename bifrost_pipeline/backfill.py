@@ -96,20 +96,29 @@ def backfill(app: AppConfig, config_file: Path, days: list[date], *, out: TextIO
     now = datetime.now(UTC)
     plan = {e.name: export_partitions_for_days(app, e, days, now) for e in app.exports}
     raw_days = set(days)
+    widened_by: dict[str, list[str]] = {}  # export -> its partitions that read days outside --from/--to
     for e in app.exports:
         for key in plan[e.name]:
-            raw_days.update(utc_days(*partition_window(e.schedule, key)))
+            needed = set(utc_days(*partition_window(e.schedule, key)))
+            if needed - set(days):
+                widened_by.setdefault(e.name, []).append(key)
+            raw_days |= needed
     # raw_logs partitions run from pipeline.start_date to today (UTC); an export window in another zone can
     # also start on the UTC day before start_date.
-    outside = sorted(d for d in days if not app.pipeline.start_date <= d <= now.date())
-    raw_days = {d for d in raw_days if app.pipeline.start_date <= d <= now.date()}
+    outside = sorted(d for d in days if not app.partitions_start <= d <= now.date())
+    raw_days = {d for d in raw_days if app.partitions_start <= d <= now.date()}
 
     started = time.monotonic()
     if outside:
-        print(f"   skipped {len(outside)} day(s) outside raw_logs' partitions ({app.pipeline.start_date} to today): "
+        print(f"   skipped {len(outside)} day(s) outside raw_logs' partitions ({app.partitions_start} to today): "
               f"{outside[0]}..{outside[-1]}", file=out)
     print(f"== raw_logs + quarantine: {len(raw_days)} UTC day(s) (Dagster instance: {os.environ['DAGSTER_HOME']})",
           file=out, flush=True)
+    extra = sorted(raw_days - set(days))
+    if extra:
+        why = "; ".join(f"{name} {', '.join(keys)}" for name, keys in widened_by.items())
+        print(f"   widened to {min(raw_days)}..{max(raw_days)}: {len(extra)} more day(s) that the export "
+              f"partitions overlapping your days also read ({why})", file=out, flush=True)
     if not _raw_days(defs, instance, sorted(raw_days), out):
         return False
     exports = [(e, key) for e in app.exports for key in plan[e.name]]

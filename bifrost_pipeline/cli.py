@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
@@ -22,7 +23,7 @@ def _validate_config(args: argparse.Namespace) -> int:
 
     print(f"{path}: OK")
     print(f"  landing zone: {app.landing_root}" + (f" (local side: {app.landing_dir})" if app.landing_is_remote else ""))
-    print(f"  raw_logs:     daily UTC partitions from {app.pipeline.start_date}, {app.raw_dir}")
+    print(f"  raw_logs:     daily UTC partitions from {_start(app)}, {app.raw_dir}")
     if not app.exports:
         print("  no enabled exports")
     for e in app.exports:
@@ -50,9 +51,15 @@ def _first_window(app, export) -> str:
 
     key = export_partitions(app, export).get_first_partition_key()
     if key is None:
-        return f"none yet (pipeline.start_date {app.pipeline.start_date} is in the future)"
+        return f"none yet: no {export.schedule.frequency} window after {_start(app)} has ended"
     start, end = partition_window(export.schedule, key)
-    return f"the first {start:%Y-%m-%d %H:%M %Z} to {end:%Y-%m-%d %H:%M %Z} (pipeline.start_date {app.pipeline.start_date})"
+    return f"the first {start:%Y-%m-%d %H:%M %Z} to {end:%Y-%m-%d %H:%M %Z} (partitions from {_start(app)})"
+
+
+def _start(app) -> str:
+    if app.pipeline.start_date is not None:
+        return f"{app.partitions_start} (pipeline.start_date)"
+    return f"{app.partitions_start} (the first day with data; pipeline.start_date is not set)"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -64,8 +71,19 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def utc_day(text: str):
+    """A day as the backfill takes it: YYYY-MM-DD, or relative to the UTC date: today, yesterday, today-N."""
+    from datetime import UTC, date, datetime, timedelta
+
+    today = datetime.now(UTC).date()
+    m = re.fullmatch(r"today(?:-(\d{1,4}))?|yesterday", text.strip())
+    if m:
+        return today - timedelta(days=1 if text.strip() == "yesterday" else int(m.group(1) or 0))
+    return date.fromisoformat(text)
+
+
 def _backfill(args: argparse.Namespace) -> int:
-    from datetime import date, timedelta
+    from datetime import timedelta
 
     from bifrost_pipeline.backfill import backfill
     from bifrost_pipeline.config import ConfigError, config_path, load_config
@@ -74,12 +92,12 @@ def _backfill(args: argparse.Namespace) -> int:
     path = config_path(args.config).resolve()
     try:
         app = load_config(path)
-        first, last = date.fromisoformat(args.start), date.fromisoformat(args.end)
+        first, last = utc_day(args.start), utc_day(args.end)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 1
     except ValueError as err:
-        print(f"--from/--to: expected dates as YYYY-MM-DD ({err})", file=sys.stderr)
+        print(f"--from/--to: expected dates as YYYY-MM-DD, today, yesterday or today-N ({err})", file=sys.stderr)
         return 2
     if last < first:
         print("--to is before --from", file=sys.stderr)
@@ -138,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("backfill", help="materialize raw_logs and every export for a range of UTC days, in order")
-    p.add_argument("--from", dest="start", required=True, help="first UTC day, YYYY-MM-DD")
-    p.add_argument("--to", dest="end", required=True, help="last UTC day, YYYY-MM-DD")
+    p.add_argument("--from", dest="start", required=True, help="first UTC day: YYYY-MM-DD, today, yesterday or today-N")
+    p.add_argument("--to", dest="end", required=True, help="last UTC day: YYYY-MM-DD, today, yesterday or today-N")
     p.add_argument("--config", help="config file (default: $BIFROST_PIPELINE_CONFIG or ./bifrost_pipeline.yaml)")
     p.set_defaults(func=_backfill)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,7 +33,10 @@ class LandingConfig(Strict):
 
 class PipelineConfig(Strict):
     data_dir: str = ".bifrost"
-    start_date: date = date(2024, 1, 1)
+    # The first daily partition (UTC). Unset: the first day that has data (landed segments or a raw_logs
+    # partition), else today: so a new install shows its own days, not a year of empty partitions. Set it
+    # in production, where retention removes old days and the first partition should not move.
+    start_date: date | None = None
     warehouse: str | None = None  # DuckDB file of the embedded warehouse; default <data_dir>/warehouse.duckdb
     quarantine_max_share: Annotated[float, Field(ge=0, le=1)] = 0.01
     duckdb_memory_limit: str = "1GB"
@@ -88,6 +92,20 @@ class AppConfig(Strict):
         if not self.landing_is_remote:
             return self.resolve(self.landing.path)
         return self.resolve(self.landing.local_path) if self.landing.local_path else self.data_dir / "landing_local"
+
+    @cached_property
+    def partitions_start(self) -> date:
+        """The first day of every partitioned asset: `pipeline.start_date`, else the first day with data.
+
+        Computed once per loaded config (Dagster loads the code location anew to see new partitions)."""
+        if self.pipeline.start_date is not None:
+            return self.pipeline.start_date
+        from bifrost_pipeline import landing
+        from bifrost_pipeline.landing.layout import local_days
+
+        # raw_logs keeps the landing zone's date=YYYY-MM-DD directory names
+        found = landing.days(self.landing_root, self.landing.storage_options) + local_days(self.raw_dir)
+        return min(found, default=datetime.now(UTC).date())
 
     @property
     def raw_dir(self) -> Path:

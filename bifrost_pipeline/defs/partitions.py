@@ -13,14 +13,14 @@ from bifrost_pipeline.windows import partition_window
 def raw_partitions(app: AppConfig) -> dg.DailyPartitionsDefinition:
     # UTC days; end_offset=1 so today's partition exists and can be filled while segments land.
     return dg.DailyPartitionsDefinition(
-        start_date=app.pipeline.start_date.isoformat(), timezone="UTC", end_offset=1
+        start_date=app.partitions_start.isoformat(), timezone="UTC", end_offset=1
     )
 
 
 def export_partitions(app: AppConfig, export: ExportConfig) -> dg.TimeWindowPartitionsDefinition:
     """Windows that end at local midnight of the schedule's day, in the schedule's time zone."""
     s = export.schedule
-    start = app.pipeline.start_date.isoformat()
+    start = app.partitions_start.isoformat()
     if s.frequency == "daily":
         return dg.DailyPartitionsDefinition(start_date=start, timezone=s.timezone)
     if s.frequency == "weekly":

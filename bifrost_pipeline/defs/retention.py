@@ -27,7 +27,7 @@ def export_blockers(instance: dg.DagsterInstance, app: AppConfig, day: date) -> 
     partitions = {}
     for export in app.exports:
         key = dg.AssetKey(export.asset_name)
-        for partition in retention.covering_partitions(export.schedule, day, app.pipeline.start_date):
+        for partition in retention.covering_partitions(export.schedule, day, app.partitions_start):
             partitions[(export.name, partition)] = latest_storage_id(instance, key, partition)
     return retention.raw_blockers(raw_version, partitions)
 
