@@ -68,6 +68,7 @@ def write_config(
             "flush_interval_s": 0.05,
             "customer_header": "X-Customer",
             "shutdown_grace_s": 20,
+            "require_virtual_key": False,  # the tests of virtual keys turn it on
             **(proxy or {}),
         },
         "landing": {"path": str(landing)},
