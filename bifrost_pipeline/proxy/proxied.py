@@ -328,6 +328,11 @@ class Forwarder:
             t_up = time.perf_counter()
             outcome = await self._send(plan, headers, ex.stream)
             status = outcome.status if isinstance(outcome, Answer) else None
+            retry_after = None
+            if isinstance(outcome, Answer) and outcome.status >= 400:
+                retry_after = parse_retry_after(outcome.resp.headers.get("retry-after"))
+                if key is not None and status in KEY_STATUSES:
+                    policy.pool.rest(key, retry_after)  # type: ignore[union-attr]
             if status is not None and status < 400:
                 step = "answer"
             else:
@@ -336,12 +341,8 @@ class Forwarder:
                     retries_left=policy.max_retries - retry,
                     fallbacks_left=len(fallbacks) - ex.fallback_index,
                     timed_out=isinstance(outcome, Failure) and outcome.timed_out,
+                    other_key=key is not None and policy.pool.has_awake_other_than(key),  # type: ignore[union-attr]
                 )
-            retry_after = None
-            if isinstance(outcome, Answer) and outcome.status >= 400:
-                retry_after = parse_retry_after(outcome.resp.headers.get("retry-after"))
-                if key is not None and status in KEY_STATUSES:
-                    policy.pool.rest(key, retry_after)  # type: ignore[union-attr]
             if step == "answer":
                 trail.append(_attempt(plan, ex.key_name, None, None, None, 0))  # settled in _close_trail
                 reply = await self._answer(send, receive, ex, outcome, t_up)

@@ -74,14 +74,22 @@ def backoff_s(retry: int, base_s: float, cap_s: float, retry_after_s: float | No
 Step = Literal["retry", "fallback", "answer"]
 
 
-def next_step(status: int | None, *, retries_left: int, fallbacks_left: int, timed_out: bool = False) -> Step:
+def next_step(
+    status: int | None,
+    *,
+    retries_left: int,
+    fallbacks_left: int,
+    timed_out: bool = False,
+    other_key: bool = False,
+) -> Step:
     """After a failed attempt (``status`` None: no answer, the connection failed): what to do next.
 
-    A timeout is not retried on the same provider (it already cost the whole timeout) but falls back.
+    A timeout is not retried on the same provider (it already cost the whole timeout) but falls back. A 401
+    is retried only when another key of the provider is awake (``other_key``): the same key would fail again.
     """
     if timed_out:
         return "fallback" if fallbacks_left else "answer"
-    retryable = status is None or status in RETRY_STATUSES
+    retryable = status is None or status in RETRY_STATUSES or (other_key and status in KEY_STATUSES)
     if retryable and retries_left > 0:
         return "retry"
     if (retryable or status in FALLBACK_STATUSES) and fallbacks_left > 0:
