@@ -3,8 +3,8 @@ virtual key lookup and the bounds of logging-header metadata; and the config tha
 
 from __future__ import annotations
 
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 
