@@ -78,7 +78,7 @@ def write_config(
     return path
 
 
-def start_proxy(name: str, config: Path, log_dir: Path) -> Server:
+def start_proxy(name: str, config: Path, log_dir: Path, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "bifrost_pipeline.proxy", "--config", str(config), "--port", str(port)]
     return start_server(
@@ -86,7 +86,7 @@ def start_proxy(name: str, config: Path, log_dir: Path) -> Server:
         cmd,
         port,
         log_dir,
-        env={"TEST_PROVIDER_KEY": PROVIDER_KEY},
+        env={"TEST_PROVIDER_KEY": PROVIDER_KEY, **(env or {})},
         ready=lambda: _healthy(f"http://127.0.0.1:{port}"),
         timeout=30,
     )
