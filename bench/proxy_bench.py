@@ -370,6 +370,7 @@ def main() -> None:
                         }
                     },
                     "client": {"logging_headers": ["x-tenant-id"]},
+                    "proxy": {"require_virtual_key": False},
                     "landing": {"path": str(landing)},
                 }
             )

@@ -67,6 +67,7 @@ class LogRecord(_RecordRequired, total=False):
     metadata: dict[str, str] | None
     input_content: str | None
     output_content: str | None
+    attempts: list[dict[str, Any]] | None
 
 
 def schemas_dir() -> Path:

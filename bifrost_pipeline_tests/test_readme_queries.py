@@ -28,6 +28,16 @@ ROWS = [
 ]
 
 
+# team, virtual key, retries, fallback index (None: a refusal), attempts, per row of ROWS
+ROUTING = [
+    ("search", "vk-1", 0, 0, [{"provider": "openai", "status_code": 200}]),
+    ("search", "vk-1", 1, 0, [{"provider": "openai", "status_code": 500}, {"provider": "openai", "status_code": 500}]),
+    (None, None, 2, 1, [{"provider": "openai", "status_code": 503}] * 3 + [{"provider": "anthropic", "status_code": 200}]),
+    ("ads", "vk-2", 0, 0, [{"provider": "openai", "status_code": 200}]),
+    ("ads", "vk-2", None, None, []),
+]
+
+
 @pytest.fixture
 def warehouse(tmp_path):
     entry = {
@@ -39,8 +49,9 @@ def warehouse(tmp_path):
     app = make_app(tmp_path, [entry])
     land(app, [
         record(request_id=f"r{i}", customer_id=c, model=m, provider=p, latency_ms=lat, status=st,
-               status_code=200 if st == "success" else 500, cost_usd=cost)
-        for i, (c, m, p, lat, st, cost) in enumerate(ROWS)
+               status_code=200 if st == "success" else 500, cost_usd=cost, team_id=team, virtual_key_id=vk,
+               retries=retries, fallback_index=fallback, attempts=attempts)
+        for i, ((c, m, p, lat, st, cost), (team, vk, retries, fallback, attempts)) in enumerate(zip(ROWS, ROUTING, strict=True))
     ])
     validation.validate_day(app, DAY)
     run_export(app, app.exports[0], DAY.isoformat())
@@ -51,7 +62,10 @@ def warehouse(tmp_path):
 
 
 def test_the_readme_has_the_three_queries():
-    assert set(readme_queries()) == {"cost_by_customer_day", "p95_latency_by_model", "error_rate_by_provider"}
+    assert set(readme_queries()) == {
+        "cost_by_customer_day", "p95_latency_by_model", "error_rate_by_provider", "cost_by_team_and_virtual_key",
+        "retry_fallback_rate_by_provider",
+    }
 
 
 def test_cost_by_customer_per_day(warehouse):
@@ -71,3 +85,17 @@ def test_p95_latency_by_model(warehouse):
 def test_error_rate_by_provider(warehouse):
     rows = warehouse.sql(readme_queries()["error_rate_by_provider"]).fetchall()
     assert rows == [("anthropic", 2, pytest.approx(0.5)), ("openai", 3, pytest.approx(1 / 3))]
+
+
+def test_cost_by_team_and_virtual_key(warehouse):
+    rows = warehouse.sql(readme_queries()["cost_by_team_and_virtual_key"]).fetchall()
+    assert rows == [("ads", "vk-2", 2, 1.0), ("search", "vk-1", 2, 0.5), ("(none)", "(none)", 1, 0.25)]
+
+
+def test_retry_fallback_rate_by_provider(warehouse):
+    rows = warehouse.sql(readme_queries()["retry_fallback_rate_by_provider"]).fetchall()
+    # anthropic: the fallback after 3 openai attempts; openai: r0 (1 attempt), r1 (2), r3 (1); r4 refused
+    assert rows == [
+        ("anthropic", 1, pytest.approx(1.0), pytest.approx(1.0), pytest.approx(4.0)),
+        ("openai", 3, pytest.approx(1 / 3), pytest.approx(0.0), pytest.approx(4 / 3)),
+    ]

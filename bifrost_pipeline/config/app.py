@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from bifrost_pipeline.config.alerts import AlertsConfig
 from bifrost_pipeline.config.base import Strict
@@ -61,6 +61,26 @@ class AppConfig(Strict):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     # Where relative paths are resolved from: the config file's directory.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @model_validator(mode="after")
+    def _routes_name_configured_providers(self) -> AppConfig:
+        """Fallbacks and virtual keys may only name configured providers (a typo would fail at 3 a.m.)."""
+        known = set(self.providers)
+        problems = [
+            f"providers.{name}.fallbacks: {f!r} names no configured provider"
+            for name, p in self.providers.items()
+            for f in p.fallbacks
+            if f.split("/", 1)[0] not in known
+        ]
+        problems += [
+            f"proxy.virtual_keys[{i}].providers: {p!r} is not a configured provider"
+            for i, vk in enumerate(self.proxy.virtual_keys)
+            for p in vk.providers
+            if p not in known
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def exports(self) -> list[ExportConfig]:

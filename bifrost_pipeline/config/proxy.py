@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from bifrost_pipeline.config.base import Strict
 
@@ -21,6 +21,10 @@ class ClientConfig(Strict):
     drop_excess_requests: bool = False
     # Kept from Bifrost's config.json: upstream connection pool size of the proxy.
     initial_pool_size: Annotated[int, Field(ge=1)] = 300
+    # Logging-header metadata is bounded: at most this many keys per record (the rest are dropped and
+    # counted), each value cut to this many bytes with a visible suffix saying how much was cut.
+    max_logging_headers: Annotated[int, Field(ge=1)] = 64
+    max_logging_header_bytes: Annotated[int, Field(ge=16)] = 2048
 
     @field_validator("logging_headers")
     @classmethod
@@ -33,11 +37,61 @@ class ClientConfig(Strict):
         return v
 
 
+class ProviderKey(Strict):
+    """One of several keys of a provider; chosen per attempt by weight (see README, Retries and fallbacks)."""
+
+    name: Annotated[str, Field(min_length=1)]  # recorded in the attempt trail and the selected_key_* labels
+    value: SecretStr
+    weight: Annotated[float, Field(gt=0)] = 1.0
+
+
 class ProviderConfig(Strict):
     base_url: str
-    api_key: SecretStr | None = None
+    api_key: SecretStr | None = None  # one key (recorded as key "default"); `keys` for several
+    keys: list[ProviderKey] = Field(default_factory=list)
     models: list[str] = Field(default_factory=list)
     timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    # Retries on 429, 5xx and connection errors, with exponential backoff from retry_backoff_s (or the
+    # provider's retry-after), never waiting more than retry_backoff_max_s before one retry.
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 0
+    retry_backoff_s: Annotated[float, Field(ge=0)] = 0.5
+    retry_backoff_max_s: Annotated[float, Field(ge=0)] = 10.0
+    # A key that answers 401 or 429 is not chosen again for this long (or the 429's retry-after if longer).
+    key_cooldown_s: Annotated[float, Field(ge=0)] = 60.0
+    # provider/model pairs tried in order when this provider fails (after its retries).
+    fallbacks: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_way_to_give_keys(self) -> ProviderConfig:
+        if self.api_key is not None and self.keys:
+            raise ValueError("give either api_key or keys, not both")
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"keys: names must be distinct ({', '.join(names)})")
+        bad = [f for f in self.fallbacks if "/" not in f.strip("/")]
+        if bad:
+            raise ValueError(f"fallbacks: {', '.join(bad)} is not provider/model")
+        return self
+
+
+class VirtualKeyConfig(Strict):
+    """A key the proxy hands to a client (see README, Virtual keys): who is billed and what it may use."""
+
+    id: Annotated[str, Field(min_length=1)]
+    name: str | None = None  # the virtual_key_name metric label; the id when not given
+    secret: SecretStr  # from the environment: ${VAR}
+    customer_id: Annotated[str, Field(min_length=1)]
+    team_id: str | None = None
+    providers: list[str] = Field(default_factory=list)  # empty: every provider
+    models: list[str] = Field(default_factory=list)  # empty: every model
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 16:
+            raise ValueError("a virtual key secret must be at least 16 characters")
+        return v
 
 
 class ModelPrice(Strict):
@@ -60,3 +114,18 @@ class ProxyConfig(Strict):
     max_intake_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     # On SIGTERM: how long in-flight requests (long streams included) may run on before being cut.
     shutdown_grace_s: Annotated[float, Field(gt=0)] = 30.0
+    # Clients present a virtual key (Authorization: Bearer ... or x-bf-vk); with require_virtual_key a
+    # request without a known one is refused with 401. On by default: the demo config turns it off.
+    virtual_keys: list[VirtualKeyConfig] = Field(default_factory=list)
+    require_virtual_key: bool = True
+
+    @model_validator(mode="after")
+    def _distinct_virtual_keys(self) -> ProxyConfig:
+        ids = [k.id for k in self.virtual_keys]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"virtual_keys: id {', '.join(dup)} is given more than once")
+        secrets = [k.secret.get_secret_value() for k in self.virtual_keys]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("virtual_keys: two keys share a secret")  # never name the secret
+        return self

@@ -42,7 +42,9 @@ def send_demo_traffic(app: AppConfig, n: int, *, seed: int = 7, timeout_s: float
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    proxy = ProxyApp(app, mock_upstream=True)
+    # The demo's own traffic to the built-in mock carries no virtual key: the gate is off for it alone.
+    demo_proxy = app.proxy.model_copy(update={"require_virtual_key": False, "virtual_keys": []})
+    proxy = ProxyApp(app.model_copy(update={"proxy": demo_proxy}), mock_upstream=True)
     proxy.use_mock_at(f"http://127.0.0.1:{port}{MOCK_PREFIX}/v1")
     config = uvicorn.Config(
         proxy,

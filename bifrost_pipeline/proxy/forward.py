@@ -23,11 +23,21 @@ STREAM_USAGE_TYPES = ("chat", "text_completion")  # those that take stream_optio
 class Rejected(Exception):
     """A request the proxy answers itself, with ``status`` and an OpenAI-style error."""
 
-    def __init__(self, status: int, message: str, etype: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        etype: str = "invalid_request_error",
+        *,
+        reason: str = "invalid_request",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.etype = etype
+        self.reason = reason  # the refusal record's error_type and the refusals metric's label: a few words
+        self.headers = headers  # extra response headers (retry-after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +88,9 @@ def parse_json(path: str, headers: dict[str, str], body: bytes) -> ClientRequest
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError as err:
-        raise Rejected(400, f"the body is not JSON: {err}") from None
+        raise Rejected(400, f"the body is not JSON: {err}", reason="invalid_json") from None
     if not isinstance(req, dict):
-        raise Rejected(400, "the body must be a JSON object")
+        raise Rejected(400, "the body must be a JSON object", reason="invalid_json")
     request_type = ENDPOINTS[path]
     stream = req.get("stream") is True or (request_type == "speech" and req.get("stream_format") == "sse")
     model = _named_model(req.get("model"))
@@ -96,7 +106,7 @@ def parse_form(path: str, headers: dict[str, str], body: bytes, fields: dict, it
 
 def _named_model(model: object) -> str:
     if not isinstance(model, str) or not model:
-        raise Rejected(400, "the request names no model")
+        raise Rejected(400, "the request names no model", reason="no_model")
     return model
 
 
@@ -108,6 +118,7 @@ def route(request: ClientRequest, router: Router) -> Route:
             f"no provider serves model {request.model!r}: prefix it with a configured provider "
             f"({', '.join(sorted(router.targets)) or 'none configured'}/…) or list it under "
             "providers.<name>.models",
+            reason="no_provider",
         )
     return Route(*resolved)
 
@@ -180,7 +191,7 @@ async def read_request(scope: Scope, path: str, headers: dict[str, str], body: b
     try:
         fields, items = await read_form(scope, body)
     except Exception as err:
-        raise Rejected(400, f"the multipart body cannot be read: {err}") from None
+        raise Rejected(400, f"the multipart body cannot be read: {err}", reason="invalid_multipart") from None
     return parse_form(path, headers, body, fields, items)
 
 

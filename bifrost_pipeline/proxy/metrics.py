@@ -171,6 +171,27 @@ class Metrics:
             registry=r,
         )
 
+        self.refused = Counter(
+            "bifrost_proxy_requests_refused_total",
+            "Requests the proxy answered itself before any provider saw them, by reason (invalid_json, "
+            "body_too_large, missing_header, missing_virtual_key, invalid_virtual_key, model_not_allowed, "
+            "rate_limited, ...)",
+            ("reason",),
+            registry=r,
+        )
+        self.refusals_unlanded = Counter(
+            "bifrost_proxy_refusals_unlanded_total",
+            "Refused requests whose record was not landed because the landing queue was full",
+            registry=r,
+        )
+        self.metadata_cut = Counter(
+            "bifrost_proxy_logging_metadata_cut_total",
+            "Logging-header metadata cut to its bounds: values truncated (what=value) and headers dropped "
+            "(what=key)",
+            ("what",),
+            registry=r,
+        )
+
     def custom_values(self, headers: dict[str, str]) -> tuple[str, ...]:
         """Values of the configured custom labels from ``x-bf-prom-<name>`` headers ("" when absent)."""
         if not self.custom:
@@ -199,22 +220,27 @@ class Metrics:
         seen.add(value)
         return value
 
-    def base_values(self, provider: str, model: str, request_type: str) -> tuple[str, ...]:
-        # The proxy has no virtual keys, routing rules, retries or fallbacks: those labels are present
-        # (dashboards written for Bifrost keep working) with neutral values.
+    def base_values(
+        self, rec: dict, routing: tuple[str, str, str] = ("", "", "")
+    ) -> tuple[str, ...]:
+        """Seed 002's base labels of a record. ``routing`` is (virtual key name, name of the provider key that
+        served the answer, routing engines used); no routing rules exist here, so those labels stay empty.
+        The selected key is empty on a final error, as seed 002 says."""
+        vk_name, key_name, engines = routing
+        ok = rec["status"] == "success"
         return (
-            self.cap("provider", provider),
-            self.cap("model", model),
-            METHOD_LABEL.get(request_type, request_type),
+            self.cap("provider", rec["provider"]),
+            self.cap("model", rec["model"]),
+            METHOD_LABEL.get(rec["request_type"], rec["request_type"]),
+            rec.get("virtual_key_id") or "",
+            vk_name,
+            engines,
             "",
             "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "0",
-            "0",
+            key_name if ok else "",
+            key_name if ok else "",
+            str(rec.get("retries") or 0),
+            str(rec.get("fallback_index") or 0),
         )
 
     def observe_http(
@@ -225,10 +251,15 @@ class Metrics:
         self.http_duration.labels(*labels).observe(seconds)
 
     def observe_record(
-        self, rec: dict, upstream_s: float | None, custom: tuple[str, ...], gaps: list[float]
+        self,
+        rec: dict,
+        upstream_s: float | None,
+        custom: tuple[str, ...],
+        gaps: list[float],
+        routing: tuple[str, str, str] = ("", "", ""),
     ) -> None:
-        """Upstream metrics of one proxied request, from its log record."""
-        base = self.base_values(rec["provider"], rec["model"], rec["request_type"])
+        """Upstream metrics of one proxied request, from its log record (``routing``: see base_values)."""
+        base = self.base_values(rec, routing)
         labels = base + custom
         ok = rec["status"] == "success"
         self.upstream_requests.labels(*labels).inc()

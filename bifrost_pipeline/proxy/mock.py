@@ -8,6 +8,14 @@ Behaviour per request, from headers (the proxy forwards them): ``x-mock-delay-ms
 ``error_rate`` (a seeded share of requests answered 500). ``GET /mock/requests`` lists the last requests
 it received (path, headers, body) so tests can check what the proxy forwarded.
 
+Failures on demand, for the tests of retries, key rotation and fallbacks (a status is a number, or ``reset``:
+the answer is cut after its headers, as a dropped connection):
+- ``x-mock-fail: <status>[*<n>]`` with ``x-mock-fail-id: <id>``: the first n requests carrying that id are
+  answered so (all of them without ``*<n>``); the id lets a retry of the same request succeed;
+- ``x-mock-fail-key: <key>=<status>[,...]``: every request sent with that provider key (its bearer token);
+- ``x-mock-fail-model: <model>=<status>[,...]``: every request for that model (as the mock receives it);
+- ``x-mock-retry-after: <seconds>``: sent as ``retry-after`` with those failures.
+
 Run alone: ``python -m bifrost_pipeline.proxy.mock --port 9000``.
 """
 
@@ -101,6 +109,7 @@ class MockUpstream:
         self.requests: deque[dict] = deque(maxlen=keep)
         self.prefix = prefix
         self.count = 0
+        self.fail_counts: dict[str, int] = {}  # x-mock-fail-id -> requests seen
         self.endpoints = {
             "/v1/chat/completions": self._chat_endpoint,
             "/v1/completions": self._completions_endpoint,
@@ -139,7 +148,9 @@ class MockUpstream:
                 await self._error(send, 400, "mock: the body is not JSON")
                 return
         self.requests.append({"path": path, "headers": headers, "body": parsed if form is None else form})
-        if await self._delayed_failure(send, headers):
+        src = form if form is not None else parsed
+        model = src.get("model", "") if isinstance(src, dict) else ""
+        if await self._delayed_failure(send, headers, str(model)):
             return
         handler = self.endpoints.get(path)
         if handler is None:
@@ -147,18 +158,45 @@ class MockUpstream:
             return
         await handler(send, self._request(path, headers, parsed, form))
 
-    async def _delayed_failure(self, send, headers: dict[str, str]) -> bool:
+    async def _delayed_failure(self, send, headers: dict[str, str], model: str) -> bool:
         """Wait as asked, then answer with the error asked for (or drawn by error_rate); True if it did."""
         delay = float(headers.get("x-mock-delay-ms", self.delay_ms))
         if delay > 0:
             await asyncio.sleep(delay / 1000)
-        status = int(headers.get("x-mock-status", 0) or 0)
-        if not status and self.error_rate and self.rng.random() < self.error_rate:
-            status = 500
-        if status >= 400:
-            await self._error(send, status, f"mock error {status}")
+        status = self._failure_asked(headers, model) or headers.get("x-mock-status", "0") or "0"
+        if status == "0" and self.error_rate and self.rng.random() < self.error_rate:
+            status = "500"
+        if status == "reset":
+            # Headers promise a body that never comes: the client sees the connection cut mid-answer.
+            head = [(b"content-type", b"application/json"), (b"content-length", b"1000")]
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+            await send({"type": "http.response.body", "body": b'{"id": ', "more_body": True})
+            return True
+        if int(status) >= 400:
+            extra = []
+            if headers.get("x-mock-retry-after"):
+                extra.append((b"retry-after", headers["x-mock-retry-after"].encode()))
+            await self._error(send, int(status), f"mock error {status}", extra)
             return True
         return False
+
+    def _failure_asked(self, headers: dict[str, str], model: str) -> str | None:
+        """The status asked by x-mock-fail (counted per x-mock-fail-id), -fail-key or -fail-model."""
+        key = headers.get("authorization", "")[7:]
+        for name, subject in (("x-mock-fail-key", key), ("x-mock-fail-model", model)):
+            for rule in headers.get(name, "").split(","):
+                target, _, status = rule.strip().rpartition("=")
+                if target and target == subject:
+                    return status
+        rule = headers.get("x-mock-fail")
+        if not rule:
+            return None
+        status, _, times = rule.partition("*")
+        fail_id = headers.get("x-mock-fail-id", rule)
+        if len(self.fail_counts) > 10_000:
+            self.fail_counts.clear()  # a long-running demo mock stays bounded
+        seen = self.fail_counts[fail_id] = self.fail_counts.get(fail_id, 0) + 1
+        return status.strip() if not times or seen <= int(times) else None
 
     @staticmethod
     def _request(path: str, headers: dict[str, str], parsed: Any, form: dict | None) -> MockRequest:
@@ -475,7 +513,7 @@ class MockUpstream:
                     out[key] = value
         return out
 
-    async def _json(self, send, status: int, doc: Any) -> None:
+    async def _json(self, send, status: int, doc: Any, extra: list | None = None) -> None:
         body = orjson.dumps(doc)
         await send(
             {
@@ -484,15 +522,16 @@ class MockUpstream:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    *(extra or ()),
                 ],
             }
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _error(self, send, status: int, message: str) -> None:
+    async def _error(self, send, status: int, message: str, extra: list | None = None) -> None:
         etype = ERROR_TYPES.get(status, "api_error")
         await self._json(
-            send, status, {"error": {"message": message, "type": etype, "param": None, "code": etype}}
+            send, status, {"error": {"message": message, "type": etype, "param": None, "code": etype}}, extra
         )
 
 

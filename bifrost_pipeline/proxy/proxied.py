@@ -11,23 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
+import orjson
 
 from bifrost_pipeline.config import AppConfig
 
 from .asgi import JSON_HEADERS, Receive, Scope, Send, error_body, read_body, send_whole
 from .assembler import StreamAssembler
-from .forward import ForwardPlan, Rejected, read_request, rewrite, route
+from .auth import Gate, VirtualKey, allows, refuse_model
+from .forward import ClientRequest, ForwardPlan, Rejected, Route, read_request, rewrite, route
 from .metrics import Metrics
+from .protocol import ENDPOINTS
 from .record import (
     LogRecord,
     RecordRules,
     base_record,
+    error_of,
     finish_record,
     hour_key,
     iso,
@@ -35,6 +40,7 @@ from .record import (
     mark_aborted,
     set_error,
 )
+from .routing import KEY_STATUSES, Key, ProviderPolicy, backoff_s, next_step, parse_retry_after
 from .streaming import relay_stream
 from .upstream import Router, response_headers
 from .writer import LandingWriter, QueueFull
@@ -51,6 +57,41 @@ class Exchange:
     stream: StreamAssembler | None  # set when the answer is passed on as it comes
     t0: float  # time.perf_counter() at arrival
     started: datetime  # wall clock at arrival (the record's timestamp and landing hour)
+    vk: VirtualKey | None = None
+    key_name: str | None = None  # the provider key of the last attempt
+    fallback_index: int = 0  # 0: the primary provider; n: the n-th of its fallbacks
+    engines: str = ""  # the routing_engines_used metric label
+
+
+@dataclass(slots=True)
+class Admission:
+    """What is known of a request while it is admitted: what a refusal's record can tell."""
+
+    vk: VirtualKey | None = None
+    request: ClientRequest | None = None
+    route: Route | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An attempt the provider answered: a stream still to relay (``body`` None), or its whole body."""
+
+    resp: aiohttp.ClientResponse
+    body: bytes | None
+
+    @property
+    def status(self) -> int:
+        return self.resp.status
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An attempt that got no answer: the connection failed or the provider did not answer in time."""
+
+    status: int  # what the client is answered if it is the last attempt (502, 504)
+    etype: str
+    message: str
+    timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +116,7 @@ class Forwarder:
         self.writer = writer
         self.metrics = metrics
         self.rules = rules
+        self.gate = Gate.from_config(app.proxy)  # None: no virtual keys, no cost
         self.logging_headers = tuple(h.lower() for h in self.client.logging_headers)
         self.required_headers = tuple(self.client.required_headers)
         self.customer_header = self.proxy.customer_header.lower()
@@ -101,52 +143,133 @@ class Forwarder:
     ) -> int:
         """Answer one request; returns the status sent. ``custom`` are its Prometheus label values."""
         started = datetime.now(UTC)
+        admission = Admission()
         try:
-            plan = await self._plan(scope, receive, path, headers)
+            plan = await self._plan(scope, receive, path, headers, admission)
             await self.writer.reserve(self.client.drop_excess_requests)
         except Rejected as no:
-            return await send_whole(send, no.status, error_body(no.status, no.message, no.etype))
+            return await self._refuse(send, no, admission, scope, path, headers, started, t0)
         except QueueFull:
             self.metrics.records_rejected.inc()
             message = "the proxy's landing queue is full; retry later"
             return await send_whole(send, 429, error_body(429, message, "rate_limit_error"))
         request = plan.request
         stream = StreamAssembler(request.request_type, plan.hide_usage) if request.streamed else None
-        ex = Exchange(plan, self._open_record(plan, started), stream, t0, started)
+        vk = admission.vk
+        ex = Exchange(plan, self._open_record(plan, started, vk), stream, t0, started, vk)
         return await self._exchange(send, receive, ex, custom)
 
-    async def _plan(self, scope: Scope, receive: Receive, path: str, headers: dict[str, str]) -> ForwardPlan:
+    async def _plan(
+        self, scope: Scope, receive: Receive, path: str, headers: dict[str, str], admission: Admission
+    ) -> ForwardPlan:
+        """Admit the request (method, headers, virtual key and its limit, body, model) and plan its call.
+
+        The virtual key is checked before the body is read: a refused client costs no body read.
+        """
         if scope["method"] != "POST":
-            raise Rejected(405, f"{path} takes POST")
+            raise Rejected(405, f"{path} takes POST", reason="method_not_allowed")
         missing = [h for h in self.required_headers if h.lower() not in headers]
         if missing:
-            raise Rejected(400, f"missing required header(s): {', '.join(missing)}")
+            raise Rejected(400, f"missing required header(s): {', '.join(missing)}", reason="missing_header")
+        vk = None
+        if self.gate is not None:
+            vk = admission.vk = self.gate.identify(headers)
+            if vk is not None:
+                self.gate.admit(vk)
         body = await read_body(receive, self.proxy.max_body_bytes)
         if body is None:
             raise Rejected(
                 413,
                 f"the body is larger than proxy.max_body_bytes "
                 f"({self.proxy.max_body_bytes}) or the client went away",
+                reason="body_too_large",
             )
-        request = await read_request(scope, path, headers, body)
-        return rewrite(request, route(request, self.router), self.drop_headers)
+        request = admission.request = await read_request(scope, path, headers, body)
+        to = admission.route = route(request, self.router)
+        if vk is not None and not allows(vk, to.provider, to.model, request.model):
+            raise refuse_model(vk, to.provider, to.model)
+        return rewrite(request, to, self.drop_headers)
 
-    def _open_record(self, plan: ForwardPlan, started: datetime) -> LogRecord:
+    def _metadata(self, headers: dict[str, str]) -> dict[str, str] | None:
+        meta, cut, dropped = logging_metadata(
+            headers, self.logging_headers, self.client.max_logging_headers, self.client.max_logging_header_bytes
+        )
+        if cut:
+            self.metrics.metadata_cut.labels("value").inc(cut)
+        if dropped:
+            self.metrics.metadata_cut.labels("key").inc(dropped)
+        return meta
+
+    def _open_record(self, plan: ForwardPlan, started: datetime, vk: VirtualKey | None) -> LogRecord:
         request = plan.request
         user = request.json.get("user")
-        return base_record(
+        rec = base_record(
             started=started,
             request_id=str(uuid.uuid4()),
-            customer_id=plan.headers.get(self.customer_header) or self.proxy.default_customer,
+            # A virtual key says who pays; the customer header cannot override it.
+            customer_id=vk.customer_id
+            if vk is not None
+            else plan.headers.get(self.customer_header) or self.proxy.default_customer,
             provider=plan.route.provider,
             model=plan.route.model,
             endpoint=request.path,
             method="POST",
             request_type=request.request_type,
             stream=request.stream,
-            metadata=logging_metadata(plan.headers, self.logging_headers),
+            metadata=self._metadata(plan.headers),
             user_id=user if isinstance(user, str) else None,
         )
+        if vk is not None:
+            rec["team_id"] = vk.team_id
+            rec["virtual_key_id"] = vk.id
+        return rec
+
+    async def _refuse(
+        self, send: Send, no: Rejected, adm: Admission, scope: Scope, path: str, headers: dict[str, str],
+        started: datetime, t0: float,
+    ) -> int:
+        """Answer a request refused before any provider saw it, and land its record (status error, the
+        reason as error_type) when the landing queue has room: refusals never wait for it."""
+        self.metrics.refused.labels(no.reason).inc()
+        hdrs = [*JSON_HEADERS, *no.headers]
+        if scope["method"] in RECORD_METHODS:
+            if self.writer.slots.try_acquire():
+                rec = self._refusal_record(no, adm, scope["method"], path, headers, started, t0)
+                self.writer.submit(hour_key(started), rec)
+                hdrs.append((b"x-request-id", rec["request_id"].encode()))
+            else:
+                self.metrics.refusals_unlanded.inc()
+        return await send_whole(send, no.status, error_body(no.status, no.message, no.etype), hdrs)
+
+    def _refusal_record(
+        self, no: Rejected, adm: Admission, method: str, path: str, headers: dict[str, str],
+        started: datetime, t0: float,
+    ) -> LogRecord:
+        vk, request, to = adm.vk, adm.request, adm.route
+        rec = base_record(
+            started=started,
+            request_id=str(uuid.uuid4()),
+            customer_id=vk.customer_id
+            if vk is not None
+            else headers.get(self.customer_header) or self.proxy.default_customer,
+            provider=to.provider if to is not None else UNKNOWN,
+            model=to.model if to is not None else (request.model if request is not None else UNKNOWN),
+            endpoint=path,
+            method=method,
+            request_type=ENDPOINTS[path],
+            stream=request.stream if request is not None else False,
+            metadata=self._metadata(headers),
+        )
+        if vk is not None:
+            rec["team_id"] = vk.team_id
+            rec["virtual_key_id"] = vk.id
+        set_error(rec, no.status, no.reason, no.message[:2000])
+        rec["retries"] = None  # no provider was tried: no attempt, no retry, no fallback
+        rec["fallback_index"] = None
+        rec["attempts"] = []
+        rec["ended_at"] = iso(datetime.now(UTC))
+        rec["latency_ms"] = int((time.perf_counter() - t0) * 1000)
+        return rec
 
     async def _exchange(self, send: Send, receive: Receive, ex: Exchange, custom: tuple[str, ...]) -> int:
         """Call, answer, finish and queue the record. Whatever happens, a reserved slot gets its record."""
@@ -157,6 +280,7 @@ class Forwarder:
             reply = await self._call(send, receive, ex)
             upstream_s = reply.upstream_s
             finish_record(rec, ex.plan.request, ex.stream, ex.t0, self.rules, reply.body, reply.content_type)
+            _close_trail(ex)
             self.writer.submit(hour_key(ex.started), rec)
             submitted = True
             return reply.status
@@ -169,6 +293,7 @@ class Forwarder:
                 except Exception:
                     rec["ended_at"] = iso(datetime.now(UTC))
                     rec["latency_ms"] = int((time.perf_counter() - ex.t0) * 1000)
+                _close_trail(ex)
                 self.writer.submit(hour_key(ex.started), rec)
                 submitted = True
             if not isinstance(err, asyncio.CancelledError):
@@ -178,59 +303,213 @@ class Forwarder:
             if submitted:
                 try:
                     gaps = ex.stream.gaps if ex.stream else []
-                    self.metrics.observe_record(rec, upstream_s, custom, gaps)
+                    routing = (ex.vk.name if ex.vk else "", ex.key_name or "", ex.engines)
+                    self.metrics.observe_record(rec, upstream_s, custom, gaps, routing)
                 except Exception:
                     log.exception("metrics of request %s", rec["request_id"])
 
     async def _call(self, send: Send, receive: Receive, ex: Exchange) -> Reply:
-        """Call the provider and answer the client."""
+        """Call the provider, retrying, rotating keys and falling back as its policy says, and answer the
+        client with the last attempt. Nothing reaches the client before that last attempt: a stream is
+        retried only before its first byte."""
+        plan, rec = ex.plan, ex.rec
+        policy = self.router.policy(plan.route.provider)
+        fallbacks = self._fallbacks(policy, ex.vk)
+        trail: list[dict] = []
+        rec["attempts"] = trail
+        ex.engines = _engines(ex.vk, policy)
+        retry = 0
+        while True:
+            key = policy.pool.choose() if policy.pool is not None else None
+            ex.key_name = key.name if key is not None else policy.key_name
+            headers = plan.upstream_headers
+            if key is not None:
+                headers = {**headers, "authorization": f"Bearer {key.value}"}
+            t_up = time.perf_counter()
+            outcome = await self._send(plan, headers, ex.stream)
+            status = outcome.status if isinstance(outcome, Answer) else None
+            retry_after = None
+            if isinstance(outcome, Answer) and outcome.status >= 400:
+                retry_after = parse_retry_after(outcome.resp.headers.get("retry-after"))
+                if key is not None and status in KEY_STATUSES:
+                    policy.pool.rest(key, retry_after)  # type: ignore[union-attr]
+            if status is not None and status < 400:
+                step = "answer"
+            else:
+                step = next_step(
+                    status,
+                    retries_left=policy.max_retries - retry,
+                    fallbacks_left=len(fallbacks) - ex.fallback_index,
+                    timed_out=isinstance(outcome, Failure) and outcome.timed_out,
+                    other_key=key is not None and policy.pool.has_awake_other_than(key),  # type: ignore[union-attr]
+                )
+            if step == "answer":
+                trail.append(_attempt(plan, ex.key_name, None, None, None, 0))  # settled in _close_trail
+                reply = await self._answer(send, receive, ex, outcome, t_up)
+                trail[-1]["latency_ms"] = int(reply.upstream_s * 1000)
+                return reply
+            trail.append(_failed_attempt(plan, ex.key_name, outcome, t_up))
+            if step == "retry":
+                await asyncio.sleep(_retry_wait(policy, key, status, retry, retry_after))
+                retry += 1
+                continue
+            provider, model = fallbacks[ex.fallback_index]
+            ex.fallback_index += 1
+            plan = ex.plan = self._fallback_plan(plan, provider, model)
+            policy = self.router.policy(provider)
+            rec["provider"], rec["model"] = plan.route.provider, plan.route.model
+            retry = 0
+
+    def _fallbacks(self, policy: ProviderPolicy, vk: VirtualKey | None) -> tuple[tuple[str, str], ...]:
+        """The primary's fallbacks that a target serves and the virtual key may use."""
+        if not policy.fallbacks:
+            return ()
+        return tuple(
+            (p, m)
+            for p, m in policy.fallbacks
+            if self.router.target(p) is not None and (vk is None or allows(vk, p, m, f"{p}/{m}"))
+        )
+
+    def _fallback_plan(self, plan: ForwardPlan, provider: str, model: str) -> ForwardPlan:
+        target = self.router.target(provider)
+        assert target is not None  # _fallbacks kept only providers with a target
+        return rewrite(plan.request, Route(provider, model, target), self.drop_headers)
+
+    async def _send(
+        self, plan: ForwardPlan, headers: dict[str, str], stream: StreamAssembler | None
+    ) -> Answer | Failure:
+        """One attempt: the provider's answer, or why none came. A whole answer is read here, before the
+        client sees any of it, so that a connection cut while reading can still be retried."""
         assert self.session is not None
-        plan, rec, stream = ex.plan, ex.rec, ex.stream
         timeout_s = plan.route.target.timeout_s
         if stream is None:
             timeout = aiohttp.ClientTimeout(total=timeout_s)
         else:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
-        t_up = time.perf_counter()
+        provider = plan.route.provider
+        resp = None
         try:
             try:
-                resp = await self.session.post(
-                    plan.url, data=plan.body, headers=plan.upstream_headers, timeout=timeout
-                )
+                resp = await self.session.post(plan.url, data=plan.body, headers=headers, timeout=timeout)
             except aiohttp.ServerDisconnectedError:
                 # A pooled connection the provider closed while it sat idle: the request got no answer at
                 # all, so it is sent once more on a new connection (as HTTP clients do for a reused one).
-                resp = await self.session.post(
-                    plan.url, data=plan.body, headers=plan.upstream_headers, timeout=timeout
-                )
+                resp = await self.session.post(plan.url, data=plan.body, headers=headers, timeout=timeout)
+            if stream is not None and resp.status == 200 and _streams(resp, stream):
+                return Answer(resp, None)
+            body = await resp.read()
+            resp.release()
+            return Answer(resp, body)
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            return await _timed_out(send, rec, timeout_s, t_up)
+            _let_go(resp)
+            return Failure(504, "timeout", f"provider {provider} did not answer within {timeout_s}s", True)
         except aiohttp.ClientError as err:
-            return await _client_error(send, rec, "upstream_unreachable", err, t_up)
+            _let_go(resp)
+            etype = "upstream_unreachable" if resp is None else "upstream_error"
+            return Failure(502, etype, f"provider {provider}: {type(err).__name__}: {err}")
+
+    async def _answer(
+        self, send: Send, receive: Receive, ex: Exchange, outcome: Answer | Failure, t_up: float
+    ) -> Reply:
+        """Answer the client with the last attempt's outcome."""
+        rec, stream = ex.rec, ex.stream
+        if isinstance(outcome, Failure):
+            status = await _upstream_failed(send, rec, outcome.status, outcome.etype, outcome.message)
+            return Reply(status, None, time.perf_counter() - t_up, "")
+        resp = outcome.resp
+        if outcome.body is not None:
+            return await _send_whole_answer(send, resp, outcome.body, rec, t_up)
+        assert stream is not None
         try:
-            is_sse = resp.status == 200 and resp.content_type == "text/event-stream"
-            is_audio = resp.status == 200 and stream is not None and stream.request_type == "speech"
-            if stream is not None and (is_sse or is_audio):
-                await relay_stream(send, receive, resp, rec, stream, raw=not is_sse)
-                return Reply(200, None, time.perf_counter() - t_up, resp.content_type)
-            return await _relay_whole(send, resp, rec, timeout_s, t_up)
+            raw = resp.content_type != "text/event-stream"
+            await relay_stream(send, receive, resp, rec, stream, raw=raw)
+            return Reply(200, None, time.perf_counter() - t_up, resp.content_type)
         finally:
-            if resp.content.at_eof():
-                resp.release()
-            else:
-                resp.close()  # a stream cut short: this connection cannot be reused
+            _let_go(resp)
 
 
-async def _relay_whole(
-    send: Send, resp: aiohttp.ClientResponse, rec: LogRecord, timeout_s: float, t_up: float
+def _streams(resp: aiohttp.ClientResponse, stream: StreamAssembler) -> bool:
+    """Whether a 200 answer is passed on as it comes: server-sent events, or speech audio."""
+    return resp.content_type == "text/event-stream" or stream.request_type == "speech"
+
+
+def _let_go(resp: aiohttp.ClientResponse | None) -> None:
+    if resp is None:
+        return
+    if resp.content.at_eof():
+        resp.release()
+    else:
+        resp.close()  # a stream cut short: this connection cannot be reused
+
+
+RECORD_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})  # the record's `method` enum
+UNKNOWN = "unknown"  # provider or model of a request refused before either was known
+
+
+def _engines(vk: VirtualKey | None, policy: ProviderPolicy) -> str:
+    """Seed 002's routing_engines_used: governance (a virtual key), loadbalancing (several keys)."""
+    if vk is None:
+        return "loadbalancing" if policy.pool is not None else ""
+    return "governance,loadbalancing" if policy.pool is not None else "governance"
+
+
+def _attempt(
+    plan: ForwardPlan, key_name: str | None, status: int | None, etype: str | None, message: str | None,
+    latency_ms: int,
+) -> dict:
+    """One entry of the record's attempt trail."""
+    return {
+        "provider": plan.route.provider,
+        "model": plan.route.model,
+        "key_name": key_name,
+        "status_code": status,
+        "error_type": etype,
+        "error_message": message,
+        "latency_ms": latency_ms,
+    }
+
+
+def _failed_attempt(plan: ForwardPlan, key_name: str | None, outcome: Answer | Failure, t_up: float) -> dict:
+    """The trail entry of an attempt that is not the last."""
+    ms = int((time.perf_counter() - t_up) * 1000)
+    if isinstance(outcome, Failure):
+        return _attempt(plan, key_name, outcome.status, outcome.etype, outcome.message[:2000], ms)
+    doc = None
+    if outcome.body:
+        try:
+            doc = orjson.loads(outcome.body)
+        except orjson.JSONDecodeError:
+            doc = None
+    etype, message = error_of(doc, f"http_{outcome.status}")
+    return _attempt(plan, key_name, outcome.status, etype, message, ms)
+
+
+def _retry_wait(policy: ProviderPolicy, key: Key | None, status: int | None, retry: int, retry_after: float | None) -> float:
+    """No wait when the key was at fault and another key is awake; else the policy's backoff."""
+    if key is not None and status in KEY_STATUSES and policy.pool is not None and policy.pool.has_awake_other_than(key):
+        return 0.0
+    return backoff_s(retry, policy.backoff_base_s, policy.backoff_max_s, retry_after, random.random())
+
+
+def _close_trail(ex: Exchange) -> None:
+    """Settle the last attempt from the finished record, and count retries and the fallback used."""
+    rec = ex.rec
+    trail = rec.get("attempts")
+    if not trail:
+        return
+    last = trail[-1]
+    if last["status_code"] is None:
+        last["status_code"] = rec["status_code"]
+        last["error_type"] = rec["error_type"]
+        last["error_message"] = rec["error_message"]
+    rec["fallback_index"] = ex.fallback_index
+    rec["retries"] = max(0, len(trail) - 1 - ex.fallback_index)
+
+
+async def _send_whole_answer(
+    send: Send, resp: aiohttp.ClientResponse, body: bytes, rec: LogRecord, t_up: float
 ) -> Reply:
-    """Read the provider's whole answer, then send it on."""
-    try:
-        body = await resp.read()
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        return await _timed_out(send, rec, timeout_s, t_up)
-    except aiohttp.ClientError as err:
-        return await _client_error(send, rec, "upstream_error", err, t_up)
+    """Send the provider's whole answer on."""
     up_s = time.perf_counter() - t_up
     hdrs = response_headers(list(resp.headers.items()), rec["request_id"])
     hdrs.append((b"content-length", str(len(body)).encode()))
@@ -240,18 +519,6 @@ async def _relay_whole(
     if resp.status >= 400:
         rec["status"] = "error"
     return Reply(resp.status, body, up_s, resp.content_type)
-
-
-async def _timed_out(send: Send, rec: LogRecord, timeout_s: float, t_up: float) -> Reply:
-    message = f"provider {rec['provider']} did not answer within {timeout_s}s"
-    status = await _upstream_failed(send, rec, 504, "timeout", message)
-    return Reply(status, None, time.perf_counter() - t_up, "")
-
-
-async def _client_error(send: Send, rec: LogRecord, etype: str, err: Exception, t_up: float) -> Reply:
-    message = f"provider {rec['provider']}: {type(err).__name__}: {err}"
-    status = await _upstream_failed(send, rec, 502, etype, message)
-    return Reply(status, None, time.perf_counter() - t_up, "")
 
 
 async def _upstream_failed(send: Send, rec: LogRecord, status: int, etype: str, message: str) -> int:

@@ -42,9 +42,18 @@ def json_text(value: Any) -> str | None:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
 
 
-def logging_metadata(headers: dict[str, str], configured: tuple[str, ...]) -> dict[str, str] | None:
-    """Seed 001: configured headers under their lower-cased name, plus x-bf-lh-<name> as <name>; merged."""
+def logging_metadata(
+    headers: dict[str, str], configured: tuple[str, ...], max_keys: int = 64, max_value: int = 2048
+) -> tuple[dict[str, str] | None, int, int]:
+    """Seed 001: configured headers under their lower-cased name, plus x-bf-lh-<name> as <name>; merged.
+
+    Bounded, as clients control it: at most ``max_keys`` keys (configured ones first; the others are dropped
+    and a ``_dropped`` key says how many), each value cut to ``max_value`` characters with a suffix saying
+    how much was cut; a key name longer than ``max_value`` is dropped. Returns (metadata, values cut, keys
+    dropped).
+    """
     meta: dict[str, str] = {}
+    cut = dropped = 0
     for name in configured:
         value = headers.get(name)
         if value is not None:
@@ -52,9 +61,19 @@ def logging_metadata(headers: dict[str, str], configured: tuple[str, ...]) -> di
     for name, value in headers.items():
         if name.startswith(LOGGING_HEADER_PREFIX):
             key = name[len(LOGGING_HEADER_PREFIX) :]
-            if key and key not in SECRET_HEADERS:
+            if not key or key in SECRET_HEADERS:
+                continue
+            if key not in meta and (len(meta) >= max_keys or len(key) > max_value):
+                dropped += 1
+            else:
                 meta[key] = value
-    return meta or None
+    for key, value in meta.items():
+        if len(value) > max_value:
+            meta[key] = f"{value[:max_value]}…[{len(value) - max_value} more characters cut]"
+            cut += 1
+    if dropped:
+        meta["_dropped"] = f"{dropped} more logging header(s) dropped (client.max_logging_headers={max_keys})"
+    return meta or None, cut, dropped
 
 
 def usage_fields(usage: Any) -> dict[str, int | None]:

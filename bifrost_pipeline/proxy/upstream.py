@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .protocol import SECRET_HEADERS
+from .routing import NO_POLICY, ProviderPolicy, policy_of
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,24 @@ class Router:
     def __init__(self, providers: dict, *, mock: Target | None = None):
         self.targets: dict[str, Target] = {}
         self.by_model: dict[str, str] = {}
+        self.policies: dict[str, ProviderPolicy] = {}
         for name, p in providers.items():
             key = p.api_key.get_secret_value() if p.api_key is not None else None
             self.targets[name] = Target(name, p.base_url, key or None, p.timeout_s)
+            self.policies[name] = policy_of(p)
             for m in p.models:
                 self.by_model.setdefault(m, name)
         self.mock = mock
+
+    def policy(self, provider: str) -> ProviderPolicy:
+        """Keys, retries and fallbacks of ``provider`` (none for a name only the mock upstream knows)."""
+        return self.policies.get(provider, NO_POLICY)
+
+    def target(self, provider: str) -> Target | None:
+        """Where a request for ``provider`` goes (the mock, when it is on), None for an unknown provider."""
+        if self.mock is not None:
+            return self.mock
+        return self.targets.get(provider)
 
     def resolve(self, model: str) -> tuple[str, str, Target] | None:
         """(provider name, model name sent upstream, target), or None when no provider serves the model."""

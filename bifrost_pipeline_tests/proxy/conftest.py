@@ -68,6 +68,7 @@ def write_config(
             "flush_interval_s": 0.05,
             "customer_header": "X-Customer",
             "shutdown_grace_s": 20,
+            "require_virtual_key": False,  # the tests of virtual keys turn it on
             **(proxy or {}),
         },
         "landing": {"path": str(landing)},
@@ -77,7 +78,7 @@ def write_config(
     return path
 
 
-def start_proxy(name: str, config: Path, log_dir: Path) -> Server:
+def start_proxy(name: str, config: Path, log_dir: Path, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "bifrost_pipeline.proxy", "--config", str(config), "--port", str(port)]
     return start_server(
@@ -85,7 +86,7 @@ def start_proxy(name: str, config: Path, log_dir: Path) -> Server:
         cmd,
         port,
         log_dir,
-        env={"TEST_PROVIDER_KEY": PROVIDER_KEY},
+        env={"TEST_PROVIDER_KEY": PROVIDER_KEY, **(env or {})},
         ready=lambda: _healthy(f"http://127.0.0.1:{port}"),
         timeout=30,
     )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import orjson
 import pytest
 from pydantic import SecretStr
 
+from bifrost_pipeline.config.proxy import ProviderConfig
 from bifrost_pipeline.proxy.forward import (
     Rejected,
     parse_json,
@@ -24,8 +24,8 @@ CHAT = "/v1/chat/completions"
 DROP = frozenset({"x-customer"})
 
 
-def provider(base_url: str, key: str | None = None, models: tuple[str, ...] = ()) -> SimpleNamespace:
-    return SimpleNamespace(
+def provider(base_url: str, key: str | None = None, models: tuple[str, ...] = ()) -> ProviderConfig:
+    return ProviderConfig(
         base_url=base_url, api_key=SecretStr(key) if key else None, models=list(models), timeout_s=30.0
     )
 

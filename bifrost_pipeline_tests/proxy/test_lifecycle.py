@@ -358,7 +358,7 @@ def test_mock_upstream_mode_needs_no_provider(tmp_path, log_dir):
         json.dumps(
             {
                 "landing": {"path": str(tmp_path / "landing")},
-                "proxy": {"segment_max_age_s": 0.2, "flush_interval_s": 0.05},
+                "proxy": {"segment_max_age_s": 0.2, "flush_interval_s": 0.05, "require_virtual_key": False},
             }
         )
     )
