@@ -43,5 +43,5 @@ def run_logs(args: argparse.Namespace) -> int:
     port = args.port or app.logs.port
     print(f"log explorer on http://{host}:{port}/ (landing {app.landing_dir}, raw_logs {app.raw_dir})", flush=True)
     # access_log off: an SSE client may carry its key in the query string.
-    uvicorn.run(create_app(app), host=host, port=port, log_level="info", access_log=False, ws="websockets")
+    uvicorn.run(create_app(app), host=host, port=port, log_level="info", access_log=False, ws="websockets-sansio")
     return 0

@@ -79,7 +79,7 @@ function setRange(seconds) {
 const fmtInt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
 const fmtCost = (c) => (c === null || c === undefined ? "–" : "$" + Number(c).toFixed(c >= 1 ? 2 : 5));
 const fmtMs = (ms) => (ms === null || ms === undefined ? "–" : ms >= 1000 ? (ms / 1000).toFixed(2) + " s" : ms + " ms");
-const fmtTime = (t) => (t || "").replace("T", " ").replace("Z", "");
+const fmtTime = (t) => (t || "").replace("T", " ").replace("Z", "").slice(0, 23);
 
 function row(rec, live) {
   return el("tr", { class: live ? "live" : "", "data-request-id": rec.request_id, onclick: () => openDetail(rec.request_id) },
@@ -159,6 +159,9 @@ function chart(data, times, key, label, fmt, color) {
     line.setAttribute("stroke", color(g));
     line.setAttribute("stroke-width", "1.5");
     line.setAttribute("vector-effect", "non-scaling-stroke");
+    if (pts.length === 1) line.setAttribute("stroke-width", "6"); // one bucket: a dot, not an invisible line
+    line.setAttribute("stroke-linecap", "round");
+    if (pts.length === 1) line.setAttribute("points", pts[0] + " " + pts[0]);
     const title = document.createElementNS(ns, "title");
     title.textContent = g;
     line.append(title);
@@ -289,7 +292,7 @@ function conversation(rec) {
 function init() {
   $("#login-form").addEventListener("submit", login);
   $("#filters").addEventListener("submit", (e) => { e.preventDefault(); state.offset = 0; refresh(); });
-  $("#reset").addEventListener("click", () => { $("#filters").reset(); state.offset = 0; refresh(); });
+  $("#clear-filters").addEventListener("click", () => { $("#filters").reset(); state.offset = 0; refresh(); });
   for (const b of document.querySelectorAll("[data-range]")) b.addEventListener("click", () => setRange(Number(b.dataset.range)));
   $("#prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadList().catch(() => {}); });
   $("#next").addEventListener("click", () => { state.offset += PAGE; loadList().catch(() => {}); });
