@@ -25,9 +25,11 @@ test: $(STAMP) emulators
 	$(VENV)/bin/ruff check bifrost_pipeline bifrost_pipeline_tests bench
 	$(PY) -m pytest -q
 
-# The Dagster UI and daemon on the instance of dagster.yaml (the demo's runs are there). The demo config
-# hashes ids with the key in BIFROST_ANONYMIZE_KEY, or its own demo key when that is unset.
+# The Dagster UI and daemon on the instance of dagster.yaml (the demo's runs are there), and beside them the
+# log explorer (http://127.0.0.1:8090, key in BIFROST_LOGS_API_KEY or the demo config's demo key); stopping
+# one stops both. The demo config hashes ids with the key in BIFROST_ANONYMIZE_KEY, or its own demo key.
 dev: $(STAMP)
+	$(VENV)/bin/bifrost-pipeline logs & logs=$$!; trap 'kill $$logs 2>/dev/null' EXIT INT TERM; \
 	DAGSTER_HOME=$(CURDIR) $(VENV)/bin/dagster dev -w workspace.yaml
 
 bench: $(STAMP)

@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         add_proxy_parser = None
     if add_proxy_parser is not None:
         add_proxy_parser(sub)
+    from bifrost_pipeline.logserver.serve import add_logs_parser
+
+    add_logs_parser(sub)  # standard library only until it runs (the server needs the proxy extra)
 
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

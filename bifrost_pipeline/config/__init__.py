@@ -3,13 +3,15 @@
 One file, in the spirit of Bifrost's ``config.json`` (JSON or YAML): ``log_exports`` (the log export
 format of Bifrost's docs), ``client`` (logging headers, required headers, Prometheus labels, content
 logging), ``providers`` and ``proxy`` (the ingestion proxy), ``landing`` (where segments land),
-``pipeline`` (where the pipeline keeps its data, and how long) and ``alerts`` (webhooks, freshness grace).
+``pipeline`` (where the pipeline keeps its data, and how long), ``alerts`` (webhooks, freshness grace) and
+``logs`` (the log server).
 Its path comes from ``BIFROST_PIPELINE_CONFIG``, default ``bifrost_pipeline.yaml`` in the working directory.
 
 - ``loading``: decoding, ``${VAR}`` substitution, checking, and reporting every problem with its path;
 - ``exports``: the ``log_exports`` section (schedule, filters, transformations, data, destination);
 - ``proxy``: ``client``, ``providers`` and ``proxy``;
 - ``alerts``: the ``alerts`` section (webhooks, the UI's address, the freshness grace);
+- ``logserver``: the ``logs`` section (the log server: address, API keys, live stream bounds);
 - ``app``: ``landing``, ``pipeline`` and ``AppConfig``, the whole file with the paths it names.
 
 Import from here (``from bifrost_pipeline.config import AppConfig``); the modules are the layout.
@@ -53,6 +55,7 @@ from bifrost_pipeline.config.loading import (
     parse_config,
     substitute_env,
 )
+from bifrost_pipeline.config.logserver import LogsApiKey, LogsConfig
 from bifrost_pipeline.config.proxy import ClientConfig, ModelPrice, ProviderConfig, ProxyConfig
 
 __all__ = [
@@ -84,6 +87,8 @@ __all__ = [
     "LandingConfig",
     "LoadContext",
     "LogExports",
+    "LogsApiKey",
+    "LogsConfig",
     "ModelPrice",
     "PipelineConfig",
     "ProviderConfig",
