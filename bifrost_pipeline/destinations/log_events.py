@@ -14,7 +14,7 @@ respect the backend's documented limits, so memory stays bounded by one read bat
 
 Oversized events: the content fields (`input_content`, `output_content`, `metadata`, `attributes`) are cut
 until the event fits, biggest first, each ending in a visible marker, and `bifrost.truncated` lists the cut
-fields with their original size in bytes. Splitting was rejected: half a JSON event is not queryable, and a
+fields with their size in bytes as they would have been sent (compact JSON). Splitting was rejected: half a JSON event is not queryable, and a
 backend would index the halves as two requests. An event that still does not fit without its content
 fields is an error naming its request_id, never dropped.
 """
