@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from bifrost_pipeline.destinations.log_events import Encoded, Event, EventTooLarge, batches, fit, read_events, to_json
+from bifrost_pipeline.destinations.log_events import (
+    Encoded,
+    Event,
+    EventTooLarge,
+    batches,
+    fit,
+    read_events,
+    to_json,
+)
 from bifrost_pipeline_tests.destinations import log_event_data as data
 
 T0 = datetime(2024, 1, 15, tzinfo=UTC)
