@@ -20,6 +20,9 @@ _MODULES = {
     "s3": "bifrost_pipeline.destinations.s3:S3Destination",
     "gcs": "bifrost_pipeline.destinations.gcs:GCSDestination",
     "azure_blob": "bifrost_pipeline.destinations.azure_blob:AzureBlobDestination",
+    "datadog_logs": "bifrost_pipeline.destinations.datadog_logs:DatadogLogsDestination",
+    "splunk_hec": "bifrost_pipeline.destinations.splunk_hec:SplunkHecDestination",
+    "cloudwatch_logs": "bifrost_pipeline.destinations.cloudwatch_logs:CloudWatchLogsDestination",
 }
 
 
