@@ -80,7 +80,10 @@ def test_the_log_record_type_matches_the_json_schema():
     hints = typing.get_type_hints(records.LogRecord)
     assert set(hints) == set(schema["properties"]), "LogRecord's keys differ from the schema's properties"
     assert records.LogRecord.__required_keys__ == set(schema["required"])
-    json_types = {"string": str, "integer": int, "number": float, "boolean": bool, "object": dict, "null": type(None)}
+    json_types = {
+        "string": str, "integer": int, "number": float, "boolean": bool, "object": dict, "array": list,
+        "null": type(None),
+    }
     for name, prop in schema["properties"].items():
         declared = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
         hint = hints[name]
