@@ -22,7 +22,7 @@ from bifrost_pipeline.config import AppConfig
 
 from .asgi import JSON_HEADERS, Receive, Scope, Send, error_body, read_body, send_whole
 from .assembler import StreamAssembler
-from .forward import ForwardPlan, Rejected, read_request, rewrite, route
+from .forward import ForwardPlan, Rejected, VideoBook, check_method, read_request, rewrite, route
 from .metrics import Metrics
 from .record import (
     LogRecord,
@@ -80,6 +80,7 @@ class Forwarder:
         self.customer_header = self.proxy.customer_header.lower()
         self.drop_headers = frozenset({self.customer_header})
         self.session: aiohttp.ClientSession | None = None
+        self.videos = VideoBook()
 
     async def open(self) -> None:
         # Idle upstream connections are dropped after 4 s, before servers with short keep-alive timeouts
@@ -116,8 +117,7 @@ class Forwarder:
         return await self._exchange(send, receive, ex, custom)
 
     async def _plan(self, scope: Scope, receive: Receive, path: str, headers: dict[str, str]) -> ForwardPlan:
-        if scope["method"] != "POST":
-            raise Rejected(405, f"{path} takes POST")
+        check_method(path, scope["method"])
         missing = [h for h in self.required_headers if h.lower() not in headers]
         if missing:
             raise Rejected(400, f"missing required header(s): {', '.join(missing)}")
@@ -128,7 +128,7 @@ class Forwarder:
                 f"the body is larger than proxy.max_body_bytes "
                 f"({self.proxy.max_body_bytes}) or the client went away",
             )
-        request = await read_request(scope, path, headers, body)
+        request = await read_request(scope, path, headers, body, self.videos)
         return rewrite(request, route(request, self.router), self.drop_headers)
 
     def _open_record(self, plan: ForwardPlan, started: datetime) -> LogRecord:
@@ -140,8 +140,8 @@ class Forwarder:
             customer_id=plan.headers.get(self.customer_header) or self.proxy.default_customer,
             provider=plan.route.provider,
             model=plan.route.model,
-            endpoint=request.path,
-            method="POST",
+            endpoint=request.endpoint or request.path,
+            method=request.method,
             request_type=request.request_type,
             stream=request.stream,
             metadata=logging_metadata(plan.headers, self.logging_headers),
@@ -156,7 +156,11 @@ class Forwarder:
         try:
             reply = await self._call(send, receive, ex)
             upstream_s = reply.upstream_s
-            finish_record(rec, ex.plan.request, ex.stream, ex.t0, self.rules, reply.body, reply.content_type)
+            finish_record(
+                rec, ex.plan.request, ex.stream, ex.t0, self.rules, reply.body, reply.content_type,
+                sent=getattr(send, "sent", None),
+            )
+            self.videos.note(ex.plan.request, rec["video_id"])
             self.writer.submit(hour_key(ex.started), rec)
             submitted = True
             return reply.status
@@ -165,7 +169,7 @@ class Forwarder:
             if not submitted:
                 mark_aborted(rec, err)
                 try:  # keep what is known: usage and text received so far, timings
-                    finish_record(rec, ex.plan.request, ex.stream, ex.t0, self.rules)
+                    finish_record(rec, ex.plan.request, ex.stream, ex.t0, self.rules, sent=getattr(send, "sent", None))
                 except Exception:
                     rec["ended_at"] = iso(datetime.now(UTC))
                     rec["latency_ms"] = int((time.perf_counter() - ex.t0) * 1000)
@@ -194,14 +198,14 @@ class Forwarder:
         t_up = time.perf_counter()
         try:
             try:
-                resp = await self.session.post(
-                    plan.url, data=plan.body, headers=plan.upstream_headers, timeout=timeout
+                resp = await self.session.request(
+                    plan.request.method, plan.url, data=plan.body, headers=plan.upstream_headers, timeout=timeout
                 )
             except aiohttp.ServerDisconnectedError:
                 # A pooled connection the provider closed while it sat idle: the request got no answer at
                 # all, so it is sent once more on a new connection (as HTTP clients do for a reused one).
-                resp = await self.session.post(
-                    plan.url, data=plan.body, headers=plan.upstream_headers, timeout=timeout
+                resp = await self.session.request(
+                    plan.request.method, plan.url, data=plan.body, headers=plan.upstream_headers, timeout=timeout
                 )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             return await _timed_out(send, rec, timeout_s, t_up)
@@ -209,8 +213,8 @@ class Forwarder:
             return await _client_error(send, rec, "upstream_unreachable", err, t_up)
         try:
             is_sse = resp.status == 200 and resp.content_type == "text/event-stream"
-            is_audio = resp.status == 200 and stream is not None and stream.request_type == "speech"
-            if stream is not None and (is_sse or is_audio):
+            is_raw = resp.status == 200 and stream is not None and plan.request.raw_stream
+            if stream is not None and (is_sse or is_raw):
                 await relay_stream(send, receive, resp, rec, stream, raw=not is_sse)
                 return Reply(200, None, time.perf_counter() - t_up, resp.content_type)
             return await _relay_whole(send, resp, rec, timeout_s, t_up)

@@ -154,9 +154,19 @@ def test_tool_call_deltas_end_with_their_finish_reason_and_usage():
     rec, _, assembler = assemble(CHAT_REQUEST, events)
     assert rec["finish_reason"] == "tool_calls"
     assert (rec["input_tokens"], rec["output_tokens"]) == (59, 16)
-    # The assembler keeps the text a person reads; tool-call arguments are not text, so no first token.
-    assert orjson.loads(rec["output_content"]) == {"role": "assistant", "content": ""}
-    assert rec["time_to_first_token_ms"] is None
+    # The call is assembled from its deltas: the first names it, the next ones add to its arguments. They
+    # are tokens the model produced, so the first of them is the first token.
+    call = {"id": "call_DdmO9pD3xa9XTPNJ32zg2hcA", "name": "get_weather", "arguments": '{"location": "Paris"}'}
+    assert rec["tool_calls"] == [call]
+    assert (rec["tool_call_names"], rec["tool_call_count"]) == (["get_weather"], 1)
+    assert orjson.loads(rec["output_content"]) == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": call["id"], "type": "function", "function": {"name": "get_weather", "arguments": call["arguments"]}}
+        ],
+    }
+    assert rec["time_to_first_token_ms"] is not None
     assert assembler.events == 5
 
 
