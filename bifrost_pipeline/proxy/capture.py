@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from .protocol import video_call
+
 # Keys of a request body that are its content (input_content) or recorded elsewhere (tool_definitions,
 # uploaded files): request_params is the body without them.
 CONTENT_KEYS = frozenset({"messages", "prompt", "input", "instructions", "prediction"})
@@ -260,6 +262,9 @@ def request_fields(request: Any, keep_content: bool) -> tuple[dict[str, Any], An
         out["input_audio_format"], out["input_audio_bytes"] = media.audio_format, media.audio_bytes
     out.update(_upload_fields(request.request_type, request.form_items))
     out.update(_media_request(request.request_type, body))
+    video = video_call(request.path) if request.method == "GET" else None
+    if video is not None:
+        out["video_id"] = video[1]
     redacted = {**body, content_key: replaced} if replaced is not None else None
     return out, redacted
 
