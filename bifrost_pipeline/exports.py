@@ -126,6 +126,12 @@ class ExportRun:
     rows: dict[str, int] = field(default_factory=dict)
 
 
+def scan_raw(paths: list[Path]) -> pl.LazyFrame:
+    """raw_logs days as one frame of the current record schema: a day written under an earlier schema
+    version lacks the newer fields, which read as nulls."""
+    return pl.scan_parquet(paths, schema=records.polars_schema(), missing_columns="insert")
+
+
 def _with_missing_fields(lf: pl.LazyFrame) -> pl.LazyFrame:
     """Put back (as nulls) record fields an earlier `drop` removed, for datasets derived from records."""
     schema = lf.collect_schema()
@@ -199,7 +205,7 @@ def run_export(
             + ", ".join(d.isoformat() for d in missing)
             + " (UTC days); materialize those raw_logs partitions first"
         )
-    lf = pl.scan_parquet([raw_path(app, d) for d in days])
+    lf = scan_raw([raw_path(app, d) for d in days])
     start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
     lf = lf.filter((pl.col("timestamp") >= start_utc) & (pl.col("timestamp") < end_utc))
     lf = filter_records(lf, export.data.filters, end_utc)

@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypedDict
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # what the proxy writes; version 1 records stay valid (the enum holds both)
 
 
 class _RecordRequired(TypedDict):
@@ -44,7 +44,9 @@ class LogRecord(_RecordRequired, total=False):
 
     It restates `schemas/log_record.schema.json` for type checkers only: a test compares its keys, which of
     them are required, and their types with the JSON Schema, so the schema stays the one definition.
-    Timestamps are RFC 3339 text here; JSON-valued fields other than `metadata` are JSON text.
+    Timestamps are RFC 3339 text here; JSON-valued fields are JSON text when the schema types them as
+    strings (`input_content`, `request_params`, ...) and plain lists or dicts otherwise (`metadata`,
+    `tool_calls`, `attempts`, ...): either way they become JSON text columns.
     """
 
     ended_at: str | None
@@ -67,6 +69,40 @@ class LogRecord(_RecordRequired, total=False):
     metadata: dict[str, str] | None
     input_content: str | None
     output_content: str | None
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+    stop: list[str] | None
+    seed: int | None
+    n: int | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    response_format_type: str | None
+    tool_choice: str | None
+    parallel_tool_calls: bool | None
+    reasoning_effort: str | None
+    request_params: str | None
+    tool_names: list[str] | None
+    tool_definitions: str | None
+    tool_call_names: list[str] | None
+    tool_calls: list[dict[str, str | None]] | None
+    tool_call_count: int | None
+    input_images: list[dict[str, Any]] | None
+    input_audio_format: str | None
+    input_audio_bytes: int | None
+    input_audio_seconds: float | None
+    output_audio_format: str | None
+    output_audio_bytes: int | None
+    image_size: str | None
+    image_quality: str | None
+    output_image_count: int | None
+    video_id: str | None
+    video_size: str | None
+    video_seconds: float | None
+    request_bytes: int | None
+    response_bytes: int | None
+    trace_id: str | None
+    span_id: str | None
     attempts: list[dict[str, Any]] | None
 
 
@@ -87,6 +123,7 @@ class FieldSpec:
     maximum: float | None = None
     min_length: int | None = None
     description: str = ""
+    json_type: str | None = None  # a JSON-valued field held as a value: "object" or "array" (else None)
 
     @property
     def nullable(self) -> bool:
@@ -100,7 +137,15 @@ def _kind(prop: dict[str, Any]) -> str:
         ]
     types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
     main = [t for t in types if t != "null"][0]
-    return {"string": "string", "boolean": "bool", "integer": "int64", "number": "double", "object": "json"}[main]
+    return {
+        "string": "string", "boolean": "bool", "integer": "int64", "number": "double", "object": "json", "array": "json"
+    }[main]
+
+
+def _json_type(prop: dict[str, Any]) -> str | None:
+    types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+    held = [t for t in types if t in ("object", "array")]
+    return held[0] if held else None
 
 
 @cache
@@ -124,6 +169,7 @@ def fields() -> tuple[FieldSpec, ...]:
                 maximum=prop.get("maximum"),
                 min_length=prop.get("minLength"),
                 description=prop.get("description", ""),
+                json_type=_json_type(prop),
             )
         )
     return tuple(out)

@@ -146,10 +146,12 @@ def _rule_exprs() -> tuple[pl.Expr, ...]:
             rules.append(
                 pl.when(col.str.len_chars() < f.min_length).then(pl.lit(f"{f.name}: must not be empty"))
             )
-        if f.kind == "json" and f.name == "metadata":
+        if f.json_type is not None:
+            # The reader gives a nested value as its JSON text: an object starts with "{", an array with "[".
+            opener, what = ("{", "an object") if f.json_type == "object" else ("[", "an array")
             rules.append(
-                pl.when(col.is_not_null() & ~col.str.starts_with("{")).then(
-                    pl.lit("metadata: expected an object of strings")
+                pl.when(col.is_not_null() & ~col.str.starts_with(opener)).then(
+                    pl.lit(f"{f.name}: expected {what}" + (" of strings" if f.name == "metadata" else ""))
                 )
             )
     return tuple(rules)

@@ -27,7 +27,7 @@ BAD_CORPUS = [
     (json.dumps(record(timestamp="2024-01-15T10:30:00")).encode(), "is not an RFC 3339 date-time with a zone"),
     (json.dumps(record(timestamp="2024-01-16T00:00:00Z")).encode(), "is outside the partition day 2024-01-15"),
     (json.dumps(record(metadata="tenant=acme")).encode(), "metadata: expected an object of strings"),
-    (json.dumps(record(schema_version="2")).encode(), "schema_version: 2 is not one of 1"),
+    (json.dumps(record(schema_version="3")).encode(), "schema_version: 3 is not one of 1, 2"),
 ]
 
 

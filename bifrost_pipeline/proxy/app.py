@@ -14,11 +14,11 @@ import orjson
 
 from bifrost_pipeline.config import AppConfig
 
-from .asgi import Receive, Scope, Send, error_body, send_whole
+from .asgi import Metered, Receive, Scope, Send, error_body, send_whole
 from .intake_http import IntakeEndpoints
 from .metrics import PROM_HEADER_PREFIX, Metrics
 from .pricing import Pricing
-from .protocol import ENDPOINTS
+from .protocol import ENDPOINTS, video_call
 from .proxied import Forwarder
 from .record import RecordRules
 from .upstream import Router, Target
@@ -63,7 +63,7 @@ class ProxyApp:
             segment_max_bytes=app.proxy.segment_max_bytes,
             segment_max_age_s=app.proxy.segment_max_age_s,
             flush_interval_s=app.proxy.flush_interval_s,
-            on_landed=self.metrics.records_landed.inc,
+            on_landed=self.metrics.records_landed.labels("proxy").inc,
             on_wait=self.metrics.queue_waits.inc,
             on_error=self.metrics.landing_errors.inc,
             on_lost=self.metrics.records_lost.inc,
@@ -79,28 +79,35 @@ class ProxyApp:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
-            if path in ENDPOINTS:
-                await self._proxied(scope, receive, send, path)
-                return
             if self.mock is not None and path.startswith(MOCK_PREFIX + "/"):
                 await self.mock(scope, receive, send)
+                return
+            metered = Metered(send, receive)
+            if path in ENDPOINTS:
+                await self._proxied(scope, metered, path, path)
+                return
+            video = video_call(path)
+            if video is not None:
+                await self._proxied(scope, metered, path, video[0])
                 return
             t0 = time.perf_counter()
             handler = self.routes.get(path)
             if handler is None:
-                status = await send_whole(send, 404, error_body(404, f"no route {path}", "not_found_error"))
+                status = await send_whole(metered, 404, error_body(404, f"no route {path}", "not_found_error"))
                 label = "unmatched"
             else:
-                status = await handler(scope, receive, send)
+                status = await handler(scope, metered.receive, metered)
                 label = path
             self.metrics.observe_http(
-                label, scope["method"], status, time.perf_counter() - t0, self._custom(scope)
+                label, scope["method"], status, time.perf_counter() - t0, self._custom(scope), metered
             )
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
-    async def _proxied(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        """A proxied request, counted in flight so that shutdown can wait for it."""
+    async def _proxied(self, scope: Scope, metered: Metered, path: str, label: str) -> None:
+        """A proxied request, counted in flight so that shutdown can wait for it. ``label`` is its path in
+        the metrics (a video's calls by their template, so that ids make no series)."""
+        receive, send = metered.receive, metered
         t0 = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         custom = self._custom(scope, headers)
@@ -113,7 +120,7 @@ class ProxyApp:
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()
-            self.metrics.observe_http(path, scope["method"], status, time.perf_counter() - t0, custom)
+            self.metrics.observe_http(label, scope["method"], status, time.perf_counter() - t0, custom, metered)
 
     def _custom(self, scope: Scope, headers: dict[str, str] | None = None) -> tuple[str, ...]:
         """The request's values of the configured Prometheus labels (its ``x-bf-prom-*`` headers)."""

@@ -52,3 +52,27 @@ def header(scope: Scope, name: bytes) -> str:
         if k == name:
             return v.decode("latin-1")
     return ""
+
+
+class Metered:
+    """An ASGI ``send`` that counts the body bytes it sends, with a ``receive`` that counts those received:
+    the sizes of the request and of the answer (metrics, and the record's request and response bytes)."""
+
+    __slots__ = ("_send", "_receive", "sent", "received")
+
+    def __init__(self, send: Send, receive: Receive):
+        self._send = send
+        self._receive = receive
+        self.sent = 0
+        self.received = 0
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            self.sent += len(message.get("body", b""))
+        await self._send(message)
+
+    async def receive(self) -> dict[str, Any]:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+        return message

@@ -9,12 +9,13 @@ with the answer the client gets when its request cannot be forwarded.
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import orjson
 
 from .asgi import Scope
-from .protocol import ENDPOINTS
+from .protocol import ENDPOINTS, RAW_STREAM_ENDPOINTS, video_call
 from .upstream import Router, Target, upstream_headers
 
 STREAM_USAGE_TYPES = ("chat", "text_completion")  # those that take stream_options.include_usage
@@ -53,11 +54,19 @@ class ClientRequest:
     form_items: list | None  # a multipart body's parts, to rebuild it
     model: str
     stream: bool
+    endpoint: str = ""  # what the record names: the path, or its template for a video's calls ("" = path)
+    method: str = "POST"
 
     @property
     def streamed(self) -> bool:
-        """Whether the answer is passed on as it comes. Speech audio is (playback starts on the first chunk)."""
-        return self.stream or self.request_type == "speech"
+        """Whether the answer is passed on as it comes. Speech audio is (playback starts on the first chunk),
+        and so is a video's content."""
+        return self.stream or self.raw_stream
+
+    @property
+    def raw_stream(self) -> bool:
+        """Whether the answer is passed on byte for byte (audio, video) rather than as SSE events."""
+        return (self.endpoint or self.path) in RAW_STREAM_ENDPOINTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +135,9 @@ def route(request: ClientRequest, router: Router) -> Route:
 def rewrite(request: ClientRequest, to: Route, drop_headers: frozenset[str]) -> ForwardPlan:
     """The body and headers sent to ``to``; ``drop_headers`` are the proxy's own headers, never forwarded."""
     body, headers, hide_usage = request.body, request.headers, False
-    if request.form is not None:
+    if request.method == "GET":
+        pass  # a video's status or content: no body to rewrite
+    elif request.form is not None:
         if to.model != request.model:
             body, ctype = rebuild_form(request.form_items or [], to.model)
             headers = {**headers, "content-type": ctype}
@@ -184,8 +195,49 @@ async def read_form(scope: Scope, body: bytes) -> tuple[dict, list]:
     return fields, items
 
 
-async def read_request(scope: Scope, path: str, headers: dict[str, str], body: bytes) -> ClientRequest:
-    """parse_json or parse_form, after reading a multipart body (the one step that awaits)."""
+def check_method(path: str, method: str) -> None:
+    """A video's status and content are read (GET); every other endpoint takes POST."""
+    wanted = "GET" if video_call(path) else "POST"
+    if method != wanted:
+        raise Rejected(405, f"{path} takes {wanted}")
+
+
+class VideoBook:
+    """Which model (as the client named it) created each video, so that its status and content calls,
+    which name no model, go to the provider that made it. Bounded: the oldest ids are forgotten first."""
+
+    def __init__(self, size: int = 10_000):
+        self.size = size
+        self.models: OrderedDict[str, str] = OrderedDict()
+
+    def note(self, request: ClientRequest, video_id: str | None) -> None:
+        """Remember the video a create call answered with."""
+        if video_id and request.path == "/v1/videos":
+            self.models[video_id] = request.model
+            if len(self.models) > self.size:
+                self.models.popitem(last=False)
+
+    def request(self, path: str, headers: dict[str, str], body: bytes) -> ClientRequest:
+        """A status or content call on a video, routed by the model that created it."""
+        endpoint, video_id = video_call(path) or ("", "")
+        model = self.models.get(video_id)
+        if model is None:
+            raise Rejected(
+                404,
+                f"video {video_id!r} was not created through this proxy since it started, so the provider "
+                "that made it is not known",
+                "not_found_error",
+            )
+        return ClientRequest(path, "video", headers, body, {}, None, None, model, False, endpoint, "GET")
+
+
+async def read_request(
+    scope: Scope, path: str, headers: dict[str, str], body: bytes, videos: VideoBook | None = None
+) -> ClientRequest:
+    """parse_json or parse_form, after reading a multipart body (the one step that awaits); a video's
+    status and content calls from ``videos``."""
+    if videos is not None and scope["method"] == "GET":
+        return videos.request(path, headers, body)
     if not is_multipart(headers):
         return parse_json(path, headers, body)
     try:

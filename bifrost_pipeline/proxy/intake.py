@@ -102,6 +102,8 @@ def process_batch(body: bytes, *, strip_content: bool) -> tuple[dict[datetime, l
         if strip_content:
             obj["input_content"] = None
             obj["output_content"] = None
+            if obj.get("tool_calls") is not None:  # content too: the model's arguments (schema version 2)
+                obj["tool_calls"] = None
         groups.setdefault(record_hour(obj), []).append(orjson.dumps(obj))
         accepted += 1
     return groups, {"accepted": accepted, "rejected_count": len(rejected), "rejected": rejected}

@@ -62,7 +62,7 @@ class IntakeEndpoints:
             except OSError as err:
                 message = self._landing_refused(err)
                 return await send_whole(send, 503, error_body(503, message, "landing_unavailable"))
-            self.metrics.records_landed.inc(report["accepted"])
+            self.metrics.records_landed.labels("logs").inc(report["accepted"])
         return await send_whole(send, 200, orjson.dumps(report))
 
     async def traces(self, scope: Scope, receive: Receive, send: Send) -> int:
@@ -89,7 +89,7 @@ class IntakeEndpoints:
             message = self._landing_refused(err)
             return await send_whole(send, 503, orjson.dumps({"code": 14, "message": message}))
         if batch.landed:
-            self.metrics.records_landed.inc(batch.landed)
+            self.metrics.records_landed.labels("traces").inc(batch.landed)
         if batch.skipped:
             log.debug("/v1/traces: %d span(s) without gen_ai attributes skipped", batch.skipped)
         answer = otlp.encode_response(is_json, batch.rejected, "; ".join(batch.reasons)[:2000])

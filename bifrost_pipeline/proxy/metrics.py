@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -47,6 +48,10 @@ METHOD_LABEL = {
     "video": "video",
 }
 
+# Body sizes in bytes: 100 B to 100 MB, x~3 per bucket (a chat request is a few KB, audio and images MBs).
+SIZE_BUCKETS = (100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1e6, 3e6, 1e7, 3e7, 1e8)
+# Where a landed record came from: the proxy's own requests, or a batch pushed to /v1/logs or /v1/traces.
+RECORD_SOURCES = ("proxy", "logs", "traces")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -87,6 +92,20 @@ class Metrics:
             "Duration of HTTP requests",
             HTTP_LABELS + c,
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.http_request_size = Histogram(
+            "http_request_size_bytes",
+            "Size of incoming HTTP requests",
+            HTTP_LABELS + c,
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.http_response_size = Histogram(
+            "http_response_size_bytes",
+            "Size of outgoing HTTP responses",
+            HTTP_LABELS + c,
+            buckets=SIZE_BUCKETS,
             registry=r,
         )
         self.upstream_requests = Counter(
@@ -148,8 +167,13 @@ class Metrics:
         )
         # Not in seed 002: the proxy's own health (landing queue), named so they cannot be confused with it.
         self.records_landed = Counter(
-            "bifrost_proxy_records_landed_total", "Records written to published landing segments", registry=r
+            "bifrost_proxy_records_landed_total",
+            "Records written to published landing segments, by source (proxy, logs, traces)",
+            ("source",),
+            registry=r,
         )
+        for source in RECORD_SOURCES:  # every series exists from the start, at 0
+            self.records_landed.labels(source)
         self.records_rejected = Counter(
             "bifrost_proxy_requests_rejected_total",
             "Requests refused because the landing queue was full (client.drop_excess_requests)",
@@ -244,11 +268,15 @@ class Metrics:
         )
 
     def observe_http(
-        self, path: str, method: str, status: int, seconds: float, custom: tuple[str, ...]
+        self, path: str, method: str, status: int, seconds: float, custom: tuple[str, ...], sizes: Any = None
     ) -> None:
+        """One HTTP request; ``sizes`` has the body bytes ``received`` and ``sent`` (an ``asgi.Metered``)."""
         labels = (path, method, str(status)) + custom
         self.http_requests.labels(*labels).inc()
         self.http_duration.labels(*labels).observe(seconds)
+        if sizes is not None:
+            self.http_request_size.labels(*labels).observe(sizes.received)
+            self.http_response_size.labels(*labels).observe(sizes.sent)
 
     def observe_record(
         self,

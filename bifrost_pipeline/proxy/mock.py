@@ -1,7 +1,10 @@
 """A built-in OpenAI-compatible mock upstream, for the demo, the tests and the benchmark.
 
 Serves chat completions, text completions, responses, embeddings, speech and transcription (multipart),
-streamed (SSE, with a final usage chunk when ``stream_options.include_usage`` is set, as OpenAI does) or not.
+streamed (SSE, with a final usage chunk when ``stream_options.include_usage`` is set, as OpenAI does) or not;
+image generations and edits (multipart), and videos (create, status, content). A chat or responses request
+that offers tools gets a call of its first tool (arguments ``MOCK_TOOL_ARGUMENTS``), unless ``tool_choice``
+is "none" or the request already sends a tool's result back.
 Behaviour per request, from headers (the proxy forwards them): ``x-mock-delay-ms`` (wait before answering),
 ``x-mock-status`` (answer with that error status), ``x-mock-chunks`` (words in the reply),
 ``x-mock-chunk-delay-ms`` (wait between streamed chunks). Server-wide defaults: ``delay_ms`` and
@@ -47,6 +50,25 @@ ERROR_TYPES = {
     504: "timeout",
 }
 EMBEDDING_DIMS = 8
+MOCK_TOOL_ARGUMENTS = '{"query": "mock", "limit": 3}'
+PNG_1PX = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+VIDEO_BYTES = b"\x00\x00\x00\x18ftypmp42" + bytes(1000)  # an mp4 header and some bytes
+
+
+def _tool_to_call(req: dict, items_key: str) -> str | None:
+    """The name of the tool the mock calls: the first one offered, unless a tool result came back."""
+    tools = req.get("tools")
+    if not isinstance(tools, list) or not tools or req.get("tool_choice") == "none":
+        return None
+    items = req.get(items_key)
+    last = items[-1] if isinstance(items, list) and items else {}
+    if isinstance(last, dict) and (last.get("role") == "tool" or last.get("type") == "function_call_output"):
+        return None
+    tool = tools[0] if isinstance(tools[0], dict) else {}
+    inner = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+    return str(inner.get("name") or tool.get("type") or "tool")
 
 
 def _count_words(value: Any) -> int:
@@ -117,7 +139,11 @@ class MockUpstream:
             "/v1/embeddings": self._embeddings_endpoint,
             "/v1/audio/speech": self._speech_endpoint,
             "/v1/audio/transcriptions": self._transcription_endpoint,
+            "/v1/images/generations": self._images_endpoint,
+            "/v1/images/edits": self._images_endpoint,
+            "/v1/videos": self._video_create_endpoint,
         }
+        self.videos: dict[str, dict] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -153,6 +179,8 @@ class MockUpstream:
         if await self._delayed_failure(send, headers, str(model)):
             return
         handler = self.endpoints.get(path)
+        if handler is None and path.startswith("/v1/videos/"):
+            handler = self._video_endpoint
         if handler is None:
             await self._error(send, 404, f"mock: no route {path}")
             return
@@ -219,7 +247,10 @@ class MockUpstream:
 
     async def _chat_endpoint(self, send, r: MockRequest) -> None:
         prompt = max(1, _count_words(r.json.get("messages")))
-        if r.stream:
+        tool = _tool_to_call(r.json, "messages")
+        if tool is not None:
+            await self._chat_tool_call(send, r, tool, prompt)
+        elif r.stream:
             await self._stream_chat(send, r, prompt, "chat")
         else:
             await self._json(send, 200, self._chat(r.model, " ".join(r.words), prompt, len(r.words)))
@@ -233,7 +264,10 @@ class MockUpstream:
 
     async def _responses_endpoint(self, send, r: MockRequest) -> None:
         prompt = max(1, _count_words(r.json.get("input")))
-        if r.stream:
+        tool = _tool_to_call(r.json, "input")
+        if tool is not None:
+            await self._responses_tool_call(send, r, tool, prompt)
+        elif r.stream:
             await self._stream_responses(send, r, prompt)
         else:
             await self._json(send, 200, self._response(r.model, " ".join(r.words), prompt, len(r.words)))
@@ -290,6 +324,111 @@ class MockUpstream:
             await self._sse(send, [(None, e) for e in events], r.chunk_delay, done=False)
         else:
             await self._json(send, 200, {"text": text, "usage": usage})
+
+    async def _images_endpoint(self, send, r: MockRequest) -> None:
+        fields = r.form if r.form is not None else r.json
+        n = int(fields.get("n") or 1)
+        b64 = fields.get("response_format") == "b64_json" or str(fields.get("model", "")).startswith("gpt-image")
+        data = [
+            {"b64_json": base64.b64encode(PNG_1PX).decode()} if b64 else {"url": f"https://mock.invalid/img/{i}.png"}
+            for i in range(n)
+        ]
+        doc = {"created": int(time.time()), "data": data, "size": fields.get("size") or "1024x1024"}
+        if fields.get("quality"):
+            doc["quality"] = fields["quality"]
+        prompt = max(1, _count_words(fields.get("prompt")))
+        doc["usage"] = {"input_tokens": prompt, "output_tokens": 100 * n, "total_tokens": prompt + 100 * n}
+        await self._json(send, 200, doc)
+
+    async def _video_create_endpoint(self, send, r: MockRequest) -> None:
+        fields = r.form if r.form is not None else r.json
+        video = {
+            "id": f"video_mock_{self.count}",
+            "object": "video",
+            "created_at": int(time.time()),
+            "status": "queued",
+            "model": r.model,
+            "progress": 0,
+            "seconds": str(fields.get("seconds") or "4"),
+            "size": fields.get("size") or "720x1280",
+        }
+        self.videos[video["id"]] = video
+        await self._json(send, 200, video)
+
+    async def _video_endpoint(self, send, r: MockRequest) -> None:
+        """GET /v1/videos/{id} (done at the first look) and GET /v1/videos/{id}/content (mp4 bytes)."""
+        video_id, _, tail = r.path[len("/v1/videos/") :].partition("/")
+        video = self.videos.get(video_id)
+        if video is None:
+            await self._error(send, 404, f"mock: no video {video_id}")
+            return
+        if tail != "content":
+            video.update(status="completed", progress=100)
+            await self._json(send, 200, video)
+            return
+        headers = [(b"content-type", b"video/mp4")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i in range(0, len(VIDEO_BYTES), 256):
+            await send({"type": "http.response.body", "body": VIDEO_BYTES[i : i + 256], "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _chat_tool_call(self, send, r: MockRequest, tool: str, prompt: int) -> None:
+        call_id = self._id("call")
+        usage = {"prompt_tokens": prompt, "completion_tokens": 9, "total_tokens": prompt + 9}
+        if not r.stream:
+            doc = self._chat(r.model, "", prompt, 9)
+            doc["choices"][0]["message"] = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": call_id, "type": "function", "function": {"name": tool, "arguments": MOCK_TOOL_ARGUMENTS}}
+                ],
+            }
+            doc["choices"][0]["finish_reason"] = "tool_calls"
+            await self._json(send, 200, doc)
+            return
+        head = {"id": self._id("chatcmpl"), "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": r.model}
+
+        def chunk(delta: dict, finish: str | None = None) -> tuple[None, dict]:
+            return None, {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        first = {"index": 0, "id": call_id, "type": "function", "function": {"name": tool, "arguments": ""}}
+        events = [chunk({"role": "assistant", "content": None, "tool_calls": [first]})]
+        third = len(MOCK_TOOL_ARGUMENTS) // 3
+        for piece in (MOCK_TOOL_ARGUMENTS[:third], MOCK_TOOL_ARGUMENTS[third : 2 * third],
+                      MOCK_TOOL_ARGUMENTS[2 * third :]):
+            events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+        events.append(chunk({}, "tool_calls"))
+        if r.include_usage:
+            events.append((None, {**head, "choices": [], "usage": usage}))
+        await self._sse(send, events, r.chunk_delay, done=True)
+
+    async def _responses_tool_call(self, send, r: MockRequest, tool: str, prompt: int) -> None:
+        item = {"type": "function_call", "id": self._id("fc"), "call_id": self._id("call"), "name": tool,
+                "arguments": MOCK_TOOL_ARGUMENTS, "status": "completed"}
+        done = self._response(r.model, "", prompt, 9)
+        done["output"] = [item]
+        if not r.stream:
+            await self._json(send, 200, done)
+            return
+        start = {**done, "status": "in_progress", "output": [], "usage": None}
+        seq = iter(range(10_000))
+        events: list[tuple[str | None, dict]] = []
+
+        def ev(name: str, **fields) -> None:
+            events.append((name, {"type": name, **fields, "sequence_number": next(seq)}))
+
+        ev("response.created", response=start)
+        ev("response.output_item.added", output_index=0, item={**item, "arguments": "", "status": "in_progress"})
+        half = len(MOCK_TOOL_ARGUMENTS) // 2
+        for piece in (MOCK_TOOL_ARGUMENTS[:half], MOCK_TOOL_ARGUMENTS[half:]):
+            ev("response.function_call_arguments.delta", item_id=item["id"], output_index=0, delta=piece)
+        ev("response.function_call_arguments.done", item_id=item["id"], output_index=0,
+           arguments=MOCK_TOOL_ARGUMENTS)
+        ev("response.output_item.done", output_index=0, item=item)
+        ev("response.completed", response=done)
+        await self._sse(send, events, r.chunk_delay, done=False)
 
     # --- bodies ---------------------------------------------------------------------------------------
 

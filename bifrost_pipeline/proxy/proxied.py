@@ -25,9 +25,19 @@ from bifrost_pipeline.config import AppConfig
 from .asgi import JSON_HEADERS, Receive, Scope, Send, error_body, read_body, send_whole
 from .assembler import StreamAssembler
 from .auth import Gate, VirtualKey, allows, refuse_model
-from .forward import ClientRequest, ForwardPlan, Rejected, Route, read_request, rewrite, route
+from .forward import (
+    ClientRequest,
+    ForwardPlan,
+    Rejected,
+    Route,
+    VideoBook,
+    check_method,
+    read_request,
+    rewrite,
+    route,
+)
 from .metrics import Metrics
-from .protocol import ENDPOINTS
+from .protocol import ENDPOINTS, video_call
 from .record import (
     LogRecord,
     RecordRules,
@@ -122,6 +132,7 @@ class Forwarder:
         self.customer_header = self.proxy.customer_header.lower()
         self.drop_headers = frozenset({self.customer_header})
         self.session: aiohttp.ClientSession | None = None
+        self.videos = VideoBook()
 
     async def open(self) -> None:
         # Idle upstream connections are dropped after 4 s, before servers with short keep-alive timeouts
@@ -166,8 +177,7 @@ class Forwarder:
 
         The virtual key is checked before the body is read: a refused client costs no body read.
         """
-        if scope["method"] != "POST":
-            raise Rejected(405, f"{path} takes POST", reason="method_not_allowed")
+        check_method(path, scope["method"])
         missing = [h for h in self.required_headers if h.lower() not in headers]
         if missing:
             raise Rejected(400, f"missing required header(s): {', '.join(missing)}", reason="missing_header")
@@ -184,7 +194,7 @@ class Forwarder:
                 f"({self.proxy.max_body_bytes}) or the client went away",
                 reason="body_too_large",
             )
-        request = admission.request = await read_request(scope, path, headers, body)
+        request = admission.request = await read_request(scope, path, headers, body, self.videos)
         to = admission.route = route(request, self.router)
         if vk is not None and not allows(vk, to.provider, to.model, request.model):
             raise refuse_model(vk, to.provider, to.model)
@@ -212,8 +222,8 @@ class Forwarder:
             else plan.headers.get(self.customer_header) or self.proxy.default_customer,
             provider=plan.route.provider,
             model=plan.route.model,
-            endpoint=request.path,
-            method="POST",
+            endpoint=request.endpoint or request.path,
+            method=request.method,
             request_type=request.request_type,
             stream=request.stream,
             metadata=self._metadata(plan.headers),
@@ -254,9 +264,9 @@ class Forwarder:
             else headers.get(self.customer_header) or self.proxy.default_customer,
             provider=to.provider if to is not None else UNKNOWN,
             model=to.model if to is not None else (request.model if request is not None else UNKNOWN),
-            endpoint=path,
+            endpoint=_endpoint(path),
             method=method,
-            request_type=ENDPOINTS[path],
+            request_type=_request_type(path),
             stream=request.stream if request is not None else False,
             metadata=self._metadata(headers),
         )
@@ -279,8 +289,12 @@ class Forwarder:
         try:
             reply = await self._call(send, receive, ex)
             upstream_s = reply.upstream_s
-            finish_record(rec, ex.plan.request, ex.stream, ex.t0, self.rules, reply.body, reply.content_type)
+            finish_record(
+                rec, ex.plan.request, ex.stream, ex.t0, self.rules, reply.body, reply.content_type,
+                sent=getattr(send, "sent", None),
+            )
             _close_trail(ex)
+            self.videos.note(ex.plan.request, rec["video_id"])
             self.writer.submit(hour_key(ex.started), rec)
             submitted = True
             return reply.status
@@ -289,7 +303,7 @@ class Forwarder:
             if not submitted:
                 mark_aborted(rec, err)
                 try:  # keep what is known: usage and text received so far, timings
-                    finish_record(rec, ex.plan.request, ex.stream, ex.t0, self.rules)
+                    finish_record(rec, ex.plan.request, ex.stream, ex.t0, self.rules, sent=getattr(send, "sent", None))
                 except Exception:
                     rec["ended_at"] = iso(datetime.now(UTC))
                     rec["latency_ms"] = int((time.perf_counter() - ex.t0) * 1000)
@@ -390,12 +404,16 @@ class Forwarder:
         resp = None
         try:
             try:
-                resp = await self.session.post(plan.url, data=plan.body, headers=headers, timeout=timeout)
+                resp = await self.session.request(
+                    plan.request.method, plan.url, data=plan.body, headers=headers, timeout=timeout
+                )
             except aiohttp.ServerDisconnectedError:
                 # A pooled connection the provider closed while it sat idle: the request got no answer at
                 # all, so it is sent once more on a new connection (as HTTP clients do for a reused one).
-                resp = await self.session.post(plan.url, data=plan.body, headers=headers, timeout=timeout)
-            if stream is not None and resp.status == 200 and _streams(resp, stream):
+                resp = await self.session.request(
+                    plan.request.method, plan.url, data=plan.body, headers=headers, timeout=timeout
+                )
+            if stream is not None and resp.status == 200 and _streams(resp, plan.request.raw_stream):
                 return Answer(resp, None)
             body = await resp.read()
             resp.release()
@@ -428,9 +446,10 @@ class Forwarder:
             _let_go(resp)
 
 
-def _streams(resp: aiohttp.ClientResponse, stream: StreamAssembler) -> bool:
-    """Whether a 200 answer is passed on as it comes: server-sent events, or speech audio."""
-    return resp.content_type == "text/event-stream" or stream.request_type == "speech"
+def _streams(resp: aiohttp.ClientResponse, raw_stream: bool) -> bool:
+    """Whether a 200 answer is passed on as it comes: server-sent events, or bytes (speech audio, a video's
+    content)."""
+    return resp.content_type == "text/event-stream" or raw_stream
 
 
 def _let_go(resp: aiohttp.ClientResponse | None) -> None:
@@ -440,6 +459,18 @@ def _let_go(resp: aiohttp.ClientResponse | None) -> None:
         resp.release()
     else:
         resp.close()  # a stream cut short: this connection cannot be reused
+
+
+def _endpoint(path: str) -> str:
+    """What a record names: the path, or its template for a video's calls (no id in the endpoint)."""
+    video = video_call(path)
+    return video[0] if video else path
+
+
+def _request_type(path: str) -> str:
+    if path in ENDPOINTS:
+        return ENDPOINTS[path]
+    return "video" if video_call(path) else "chat"
 
 
 RECORD_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})  # the record's `method` enum

@@ -16,6 +16,7 @@ import orjson
 
 from bifrost_pipeline.records import SCHEMA_VERSION, LogRecord
 
+from . import capture
 from .pricing import Pricing
 from .protocol import SECRET_HEADERS
 
@@ -218,7 +219,21 @@ def base_record(
         "metadata": metadata,
         "input_content": None,
         "output_content": None,
+        **_V2_FIELDS,
     }
+
+
+# The fields schema version 2 added, empty until the request and its answer fill them (finish_record).
+_V2_FIELDS: dict[str, Any] = dict.fromkeys(
+    (
+        "temperature", "top_p", "max_tokens", "stop", "seed", "n", "presence_penalty", "frequency_penalty",
+        "response_format_type", "tool_choice", "parallel_tool_calls", "reasoning_effort", "request_params",
+        "tool_names", "tool_definitions", "tool_call_names", "tool_calls", "tool_call_count", "input_images",
+        "input_audio_format", "input_audio_bytes", "input_audio_seconds", "output_audio_format",
+        "output_audio_bytes", "image_size", "image_quality", "output_image_count", "video_id", "video_size",
+        "video_seconds", "request_bytes", "response_bytes", "trace_id", "span_id", "attempts",
+    )
+)
 
 
 def set_error(rec: LogRecord, status_code: int, error_type: str, message: str | None) -> None:
@@ -258,27 +273,43 @@ def finish_record(
     rules: RecordRules,
     answer: bytes | None = None,
     answer_type: str = "",
+    sent: int | None = None,
 ) -> None:
-    """Fill in what the answer taught: timings, usage, finish reason, errors, cost and content.
+    """Fill in what the request held and what the answer taught: parameters, tools, media (``capture``),
+    timings, usage, finish reason, errors, cost and content.
 
     ``answer`` is the provider's whole body (None when it was streamed or never came) and ``answer_type``
-    its content type; ``t0`` is the ``time.perf_counter()`` of the request's arrival.
+    its content type; ``t0`` is the ``time.perf_counter()`` of the request's arrival; ``sent`` the size of
+    the body sent to the client.
     """
     rec["ended_at"] = iso(datetime.now(UTC))
     rec["latency_ms"] = int((time.perf_counter() - t0) * 1000)
+    asked, body_without_media = capture.request_fields(request, rules.keep_content)
+    rec.update(asked)  # type: ignore[typeddict-item]
+    rec["response_bytes"] = sent
     if stream is not None and answer is None:
-        output = _from_stream(rec, stream, t0, answer_type)
+        output = _from_stream(rec, stream, t0, answer_type, rules.keep_content)
     else:
-        output = _from_body(rec, answer, answer_type)
+        output = _from_body(rec, answer, answer_type, rules.keep_content)
     rec["cost_usd"] = rules.pricing.cost(rec["provider"], rec["model"], rec["input_tokens"], rec["output_tokens"])
     if rules.keep_content:
-        rec["input_content"] = json_text(request_input(rec["request_type"], request.json, request.form))
-        rec["output_content"] = json_text(output)
+        body = body_without_media if body_without_media is not None else request.json
+        rec["input_content"] = json_text(request_input(rec["request_type"], body, request.form))
+        rec["output_content"] = json_text(capture.without_media_bytes(rec["request_type"], output))
 
 
-def _from_stream(rec: LogRecord, stream: StreamAssembler, t0: float, answer_type: str) -> Any:
-    """Usage, first-token time, finish reason and error of a streamed answer; returns its output."""
+def _from_stream(rec: LogRecord, stream: StreamAssembler, t0: float, answer_type: str, keep_content: bool) -> Any:
+    """Usage, first-token time, finish reason, tool calls and error of a streamed answer; returns its output."""
     request_type = rec["request_type"]
+    calls = []
+    if request_type == "responses" and stream.output is not None:
+        calls = capture.responses_tool_calls(stream.output)  # the whole output: built-in tools too
+    elif request_type in capture.TOOL_TYPES:
+        calls = stream.tool_calls()
+    if request_type in capture.TOOL_TYPES:
+        rec.update(capture.tool_call_fields(calls, keep_content))  # type: ignore[typeddict-item]
+    if stream.audio_bytes and request_type != "video":
+        rec["output_audio_bytes"] = stream.audio_bytes
     rec.update(usage_fields(stream.usage))
     rec["time_to_first_token_ms"] = int((stream.first_token - t0) * 1000) if stream.first_token else None
     rec["finish_reason"] = stream.finish_reason or stream.response_status
@@ -288,14 +319,25 @@ def _from_stream(rec: LogRecord, stream: StreamAssembler, t0: float, answer_type
     if request_type == "speech":
         ok = stream.audio_bytes or rec["status"] == "success"
         return {"audio_bytes": stream.audio_bytes, "content_type": answer_type} if ok else None
+    if request_type == "video":
+        return {"bytes": stream.audio_bytes, "content_type": answer_type}
     if stream.output is not None:
         return stream.output
     text = "".join(stream.text)
-    return {"role": "assistant", "content": text} if request_type == "chat" else {"text": text}
+    if request_type != "chat":
+        return {"text": text}
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = [
+            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in calls
+        ]
+    return message
 
 
-def _from_body(rec: LogRecord, answer: bytes | None, answer_type: str) -> Any:
-    """Usage and finish reason of a whole answer, or its error; returns its output (None for an error)."""
+def _from_body(rec: LogRecord, answer: bytes | None, answer_type: str, keep_content: bool) -> Any:
+    """Usage, finish reason, tool calls and media of a whole answer, or its error; returns its output (None
+    for an error)."""
     doc: Any = None
     if answer is not None and "json" in (answer_type or ""):
         try:
@@ -305,6 +347,20 @@ def _from_body(rec: LogRecord, answer: bytes | None, answer_type: str) -> Any:
     if rec["status"] == "success" and isinstance(doc, dict):
         rec.update(usage_fields(doc.get("usage")))
         rec["finish_reason"] = finish_reason_of(rec["request_type"], doc)
+        _answer_capture(rec, doc, keep_content)
     elif rec["status"] == "error" and rec["error_type"] is None:
         rec["error_type"], rec["error_message"] = error_of(doc, f"http_{rec['status_code']}")
     return response_output(rec["request_type"], doc) if rec["status"] == "success" else None
+
+
+def _answer_capture(rec: LogRecord, doc: dict, keep_content: bool) -> None:
+    request_type = rec["request_type"]
+    if request_type == "chat":
+        calls = capture.chat_tool_calls(doc.get("choices"))
+    elif request_type == "responses":
+        calls = capture.responses_tool_calls(doc.get("output"))
+    else:
+        calls = []
+    if request_type in capture.TOOL_TYPES:
+        rec.update(capture.tool_call_fields(calls, keep_content))  # type: ignore[typeddict-item]
+    rec.update(capture.answer_fields(request_type, doc))  # type: ignore[typeddict-item]

@@ -1,8 +1,8 @@
 """The datasets an export can `include`, each derived from the filtered canonical records.
 
-- request_logs: every record, every field but `output_content` (the request and how it went).
-- response_logs: every record, every field but `input_content` (what came back).
-- error_logs: the records whose status is `error`, every field but the two content fields.
+- request_logs: every record, every field but the answer's content (`output_content`, `tool_calls`).
+- response_logs: every record, every field but the request's content (`input_content`).
+- error_logs: the records whose status is `error`, every field but those content fields.
 - metrics: per hour (in the export's time zone), provider and model: requests, errors, error rate,
   latency (avg, exact p50/p95/p99), tokens and cost.
 - traces: one OpenTelemetry-style span per record (GenAI semantic conventions in `attributes`).
@@ -31,18 +31,22 @@ METRICS = [
     "total_tokens",
     "total_cost",
 ]
-JSON_COLUMNS = ("metadata", "input_content", "output_content", "attributes")
+# What a person wrote or the model answered. The other fields of schema version 2 (parameters, tool names
+# and definitions, media sizes) describe the request without holding its content, so every dataset keeps them.
+INPUT_CONTENT = ("input_content",)
+OUTPUT_CONTENT = ("output_content", "tool_calls")
+JSON_COLUMNS = ("attributes", *(f.name for f in records.fields() if f.kind == "json"))
 
 
 def record_dataset(lf: pl.LazyFrame, dataset: str) -> pl.LazyFrame:
     names = records.field_names()
     if dataset == "request_logs":
-        return lf.select([n for n in names if n != "output_content"])
+        return lf.select([n for n in names if n not in OUTPUT_CONTENT])
     if dataset == "response_logs":
-        return lf.select([n for n in names if n != "input_content"])
+        return lf.select([n for n in names if n not in INPUT_CONTENT])
     if dataset == "error_logs":
         return lf.filter(pl.col("status") == "error").select(
-            [n for n in names if n not in ("input_content", "output_content")]
+            [n for n in names if n not in INPUT_CONTENT + OUTPUT_CONTENT]
         )
     raise ValueError(f"not a record dataset: {dataset}")
 

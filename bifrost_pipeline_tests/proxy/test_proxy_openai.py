@@ -50,7 +50,7 @@ def test_chat_record_field_by_field(client, proxy_env):
     rid = raw.headers["x-request-id"]
     rec = record_of(proxy_env["landing"], rid)
     _schema_valid(rec)
-    assert rec["schema_version"] == "1"
+    assert rec["schema_version"] == "2"
     assert before - timedelta(seconds=1) <= _ts(rec["timestamp"]) <= datetime.now(UTC)
     assert _ts(rec["ended_at"]) >= _ts(rec["timestamp"])
     assert rec["timestamp"].endswith("Z")

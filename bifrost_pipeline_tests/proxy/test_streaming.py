@@ -154,9 +154,19 @@ def test_tool_call_deltas_end_with_their_finish_reason_and_usage():
     rec, _, assembler = assemble(CHAT_REQUEST, events)
     assert rec["finish_reason"] == "tool_calls"
     assert (rec["input_tokens"], rec["output_tokens"]) == (59, 16)
-    # The assembler keeps the text a person reads; tool-call arguments are not text, so no first token.
-    assert orjson.loads(rec["output_content"]) == {"role": "assistant", "content": ""}
-    assert rec["time_to_first_token_ms"] is None
+    # The call is assembled from its deltas: the first names it, the next ones add to its arguments. They
+    # are tokens the model produced, so the first of them is the first token.
+    call = {"id": "call_DdmO9pD3xa9XTPNJ32zg2hcA", "name": "get_weather", "arguments": '{"location": "Paris"}'}
+    assert rec["tool_calls"] == [call]
+    assert (rec["tool_call_names"], rec["tool_call_count"]) == (["get_weather"], 1)
+    assert orjson.loads(rec["output_content"]) == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": call["id"], "type": "function", "function": {"name": "get_weather", "arguments": call["arguments"]}}
+        ],
+    }
+    assert rec["time_to_first_token_ms"] is not None
     assert assembler.events == 5
 
 
@@ -327,3 +337,53 @@ def test_a_whole_stream_relayed_ends_in_success():
     assert b"".join(m["body"] for m in sent[1:]) == stream
     assert sent[-1]["more_body"] is False
     assert rec["status"] == "success" and rec["finish_reason"] == "stop"
+
+
+def test_parallel_chat_tool_calls_are_assembled_by_their_index():
+    def piece(index: int, **call) -> bytes:
+        return chat_chunk({"tool_calls": [{"index": index, **call}]})
+
+    events = [
+        piece(0, id="call_a", type="function", function={"name": "get_weather", "arguments": ""}),
+        piece(1, id="call_b", type="function", function={"name": "search", "arguments": '{"q"'}),
+        piece(0, function={"arguments": '{"city": '}),
+        piece(1, function={"arguments": ': "x"}'}),
+        piece(0, function={"arguments": '"Oslo"}'}),
+        chat_chunk({}, "tool_calls"),
+        sse("[DONE]"),
+    ]
+    rec, passed, assembler = assemble(CHAT_REQUEST, events)
+    assert rec["tool_calls"] == [
+        {"id": "call_a", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        {"id": "call_b", "name": "search", "arguments": '{"q": "x"}'},
+    ]
+    assert (rec["tool_call_names"], rec["tool_call_count"]) == (["get_weather", "search"], 2)
+    assert assembler.sent_bytes == len(passed) == len(b"".join(events))
+    assert "".join(assembler.text) == ""  # arguments are not the text of the answer
+
+
+def test_a_responses_function_call_cut_short_keeps_the_arguments_received():
+    request = request_of("responses", {"model": "gpt-4o-mini", "input": "weather?"}, "/v1/responses")
+    item = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "get_weather", "arguments": ""}
+    events = [
+        sse({"type": "response.output_item.added", "output_index": 0, "item": item}, "response.output_item.added"),
+        sse({"type": "response.function_call_arguments.delta", "item_id": "fc_1", "delta": '{"city":'}),
+        sse({"type": "response.function_call_arguments.delta", "item_id": "fc_1", "delta": ' "Oslo"'}),
+    ]  # the stream ends here: no output_item.done, no response.completed
+    rec, _, assembler = assemble(request, events)
+    assert rec["tool_calls"] == [{"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"'}]
+    assert assembler.text == []
+
+
+def test_content_logging_off_keeps_tool_names_not_arguments():
+    events = [
+        chat_chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}),
+        chat_chunk({}, "tool_calls"),
+    ]
+    rec = new_record(CHAT_REQUEST)
+    assembler = StreamAssembler("chat", False)
+    for i, chunk in enumerate(events):
+        assembler.take(chunk, 100.0 + i)
+    finish_record(rec, CHAT_REQUEST, assembler, 100.0, RecordRules(Pricing(), keep_content=False))
+    assert (rec["tool_call_names"], rec["tool_call_count"], rec["tool_calls"]) == (["f"], 1, None)
+    assert rec["input_content"] is None and rec["output_content"] is None
