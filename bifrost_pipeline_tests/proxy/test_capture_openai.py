@@ -76,7 +76,7 @@ def test_parameters_typed_and_whole(client, proxy_env):
     # the trace context: read into the record, passed on to the provider unchanged
     assert (rec["trace_id"], rec["span_id"]) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
     assert sent["headers"]["traceparent"] == TRACEPARENT
-    assert rec["attempts"] is None
+    assert [(a["provider"], a["status_code"]) for a in rec["attempts"]] == [("openai", 200)]  # one attempt
 
 
 def test_responses_api_parameters(client, proxy_env):
