@@ -8,6 +8,7 @@ value is cut to ``MAX_LABEL_VALUE`` characters, so a client cannot create new se
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -252,4 +253,10 @@ class Metrics:
                 h.observe(g)
 
     def render(self) -> tuple[bytes, str]:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers N: the sum over every worker's files
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
