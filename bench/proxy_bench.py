@@ -328,6 +328,9 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--no-litellm", action="store_true")
     p.add_argument(
+        "--workers", type=int, default=1, help="proxy worker processes (run once with 1 and once with 2 to compare)"
+    )
+    p.add_argument(
         "--pin", action="store_true", help="client side on CPU 0, the proxy under test (and LiteLLM) on CPU 1"
     )
     p.add_argument("--loadgen", help=argparse.SUPPRESS)
@@ -386,6 +389,8 @@ def main() -> None:
                 str(proxy_port),
                 "--log-level",
                 "warning",
+                "--workers",
+                str(args.workers),
             ],
             work / "proxy.log",
             cwd=ROOT,
@@ -470,7 +475,8 @@ def main() -> None:
         print()
         print(
             f"Proxy benchmark on loopback ({os.cpu_count()} cores), non-streamed chat completion, mock upstream "
-            f"with no delay, {args.duration:.0f} s per target and rate, open loop at a fixed rate."
+            f"with no delay, {args.duration:.0f} s per target and rate, open loop at a fixed rate, "
+            f"{args.workers} proxy worker(s)."
         )
         if litellm_version:
             print(f"LiteLLM {litellm_version}, one worker, no database.")

@@ -4,8 +4,10 @@ One module per concern:
 
 - `layout`: the contract itself (``<root>/date=YYYY-MM-DD/hour=HH/<segment>.ndjson``, segment names,
   `Segment`, `LandingState`, listing a local zone);
-- `writer`: the atomic local writer (`SegmentFile`, `write_segment`, `RotatingWriter`);
-- `recovery`: publishing what a crashed writer left behind (`recover`, `recover_dead_writers`);
+- `writer`: the atomic local writer (`SegmentFile`, `write_segment`, `RotatingWriter` and its group commit
+  with a `CommitJournal`);
+- `recovery`: publishing what a crashed writer left behind, a torn group commit undone first (`recover`,
+  `recover_dead_writers`);
 - `remote`: the same layout on an object store through fsspec (`upload_segments`, `mirror_day`);
 - `listing`: `days` and `list_segments`, for a local root or an fsspec URL root.
 
@@ -24,11 +26,12 @@ from bifrost_pipeline.landing.layout import (
 from bifrost_pipeline.landing.listing import days, list_segments
 from bifrost_pipeline.landing.recovery import recover, recover_dead_writers
 from bifrost_pipeline.landing.remote import is_url, mirror_day, upload_segments
-from bifrost_pipeline.landing.writer import RotatingWriter, SegmentFile, write_segment
+from bifrost_pipeline.landing.writer import CommitJournal, RotatingWriter, SegmentFile, write_segment
 
 __all__ = [
     "PART_SUFFIX",
     "SEGMENT_SUFFIX",
+    "CommitJournal",
     "LandingState",
     "RotatingWriter",
     "Segment",

@@ -1,17 +1,27 @@
 """The atomic local writer: a segment is appended to under a hidden ``.part`` name and renamed into view
 when complete (see `layout`), so a reader never sees half of one.
 
+Group commit: ``RotatingWriter.commit`` appends whole batches (an intake request each) to the open segments
+and fsyncs them once for all; a `CommitJournal` written first says where they begin and end, so that a
+process killed in the middle leaves each batch wholly there or wholly gone after recovery (``recovery``).
+
 Standard library only: the proxy writes with it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
+import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bifrost_pipeline.landing.layout import PART_SUFFIX, hour_dir, new_segment_name
+
+JOURNAL_PREFIX = ".commit-"
+JOURNAL_SUFFIX = ".journal"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -95,6 +105,11 @@ class SegmentFile:
         _fsync_dir(self.directory)
         return self.final_path
 
+    def cut_back(self, size: int, lines: int) -> None:
+        """Cut the segment back to ``size`` bytes and ``lines`` lines (what it held before a refused batch)."""
+        os.ftruncate(self._fd, size)
+        self.bytes_written, self.lines_written = size, lines
+
     def discard(self) -> None:
         """Remove the segment unpublished (a batch that must land whole or not at all)."""
         if self._fd >= 0:
@@ -172,6 +187,61 @@ class RotatingWriter:
         if first is not None:
             raise first
 
+    def commit(self, batches: list[dict[datetime, list[bytes]]], journal: CommitJournal) -> None:
+        """Append every batch to the open segments and fsync them: all of them, or none if this raises.
+
+        The journal names each segment's extent of the group before a byte of it is written, so that
+        recovery can tell a group written whole from one cut short by a crash. If the disk refuses any part,
+        every segment is cut back to where the group began (empty new ones removed) and the error raised.
+        """
+        merged: dict[datetime, list[bytes]] = {}
+        for batch in batches:
+            for hour, lines in batch.items():
+                merged.setdefault(hour, []).extend(lines)
+        sizes = {hour: sum(len(x) + (not x.endswith(b"\n")) for x in lines) for hour, lines in merged.items()}
+        segments: dict[datetime, SegmentFile] = {}
+        marks: dict[datetime, tuple[int, int]] = {}
+        try:
+            for hour in sorted(merged):
+                seg = segments[hour] = self._segment_with_room(hour, sizes[hour])
+                marks[hour] = (seg.bytes_written, seg.lines_written)
+            journal.record([(seg.temp_path, marks[h][0], marks[h][0] + sizes[h]) for h, seg in segments.items()])
+            for hour, seg in segments.items():
+                seg.write_lines(merged[hour])
+            for seg in segments.values():
+                seg.flush(durable=True)
+        except BaseException:
+            self._undo(segments, marks)
+            journal.clear()
+            raise
+        for hour, seg in segments.items():
+            if seg.bytes_written >= self.max_bytes:
+                try:
+                    self._publish(hour)
+                except OSError:
+                    pass  # the group is durable as it is; the next write, rotation or close publishes it
+
+    def _segment_with_room(self, hour_key: datetime, size: int) -> SegmentFile:
+        """The hour's open segment, or a new one if that one is closed or ``size`` more would overflow it."""
+        seg = self.open.get(hour_key)
+        if seg is not None and (seg.closed or (seg.bytes_written and seg.bytes_written + size > self.max_bytes)):
+            self._publish(hour_key)
+            seg = None
+        if seg is None:
+            seg = self.open[hour_key] = SegmentFile(self.root, self.source, hour_key)
+            _fsync_dir(seg.directory)  # the new name must outlive a power loss as the fsynced lines do
+        return seg
+
+    def _undo(self, segments: dict[datetime, SegmentFile], marks: dict[datetime, tuple[int, int]]) -> None:
+        for hour, seg in segments.items():
+            try:
+                seg.cut_back(*marks[hour])
+                if seg.lines_written == 0:
+                    seg.discard()
+                    del self.open[hour]
+            except OSError:
+                pass  # left longer than its mark: the journal still says where the group began
+
     def publish(self, hour_key: datetime) -> None:
         """Publish the hour's open segment now (if any); its next write starts a new one."""
         if hour_key in self.open:
@@ -185,3 +255,53 @@ class RotatingWriter:
         if path is not None:
             self.segments_published += 1
             self.lines_published += lines
+
+
+class CommitJournal:
+    """Where the group being committed lies in each segment, fsynced before the group is written.
+
+    One small file per writer process at the landing root (``.commit-<pid>-<random>.journal``), rewritten
+    for each group: ``<crc32> {"segments": [[part path relative to the root, start, end], ...]}``. After a
+    crash, recovery keeps a group whose segments all reach their ``end`` and cuts them back to ``start``
+    otherwise (``recovery.undo_torn_group``). A torn journal (bad checksum) was being written when the
+    process died, before any line of its group: it is ignored.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.path = self.root / f"{JOURNAL_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}{JOURNAL_SUFFIX}"
+        self._fd = -1
+
+    def record(self, extents: list[tuple[Path, int, int]]) -> None:
+        if self._fd < 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            _fsync_dir(self.root)
+        doc = {"segments": [[p.relative_to(self.root).as_posix(), start, end] for p, start, end in extents]}
+        self._write(encode_journal(doc))
+        os.fsync(self._fd)
+
+    def clear(self) -> None:
+        """Nothing to undo any more (the group was cut back in process)."""
+        if self._fd >= 0:
+            try:
+                self._write(b"")
+            except OSError:
+                pass  # a stale extent: recovery cuts at most what came after the group's start
+
+    def close(self) -> None:
+        """Remove the journal (every segment it could name is published or cut back)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self.path.unlink(missing_ok=True)
+
+    def _write(self, data: bytes) -> None:
+        os.ftruncate(self._fd, 0)
+        if data:
+            os.pwrite(self._fd, data, 0)
+
+
+def encode_journal(doc: dict) -> bytes:
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    return b"%08x " % zlib.crc32(body) + body

@@ -1,7 +1,8 @@
 """The intake endpoints over HTTP: ``POST /v1/logs`` (canonical records) and ``POST /v1/traces`` (OTLP).
 
-The checking, converting and landing is in ``intake``; here are the bounded body, the answers and the
-metrics. A batch is landed before the answer, all or none: a refusal by the disk is a retryable 503.
+The checking and converting is in ``intake``; here are the bounded body, the answers and the metrics. A batch
+is landed by the landing writer's group commit (fsynced into its rotating segments) before the answer, all or
+none: a refusal by the disk is a retryable 503. The records count as landed when their segment is published.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class IntakeEndpoints:
             return await send_whole(send, 400, error_body(400, str(err), "invalid_request_error"))
         if groups:
             try:
-                await asyncio.to_thread(intake.land_groups, self.writer.root, groups, "intake")
+                await self.writer.commit(groups)
             except OSError as err:
                 message = self._landing_refused(err)
                 return await send_whole(send, 503, error_body(503, message, "landing_unavailable"))
@@ -72,22 +73,19 @@ class IntakeEndpoints:
         ctype = header(scope, b"content-type").lower()
         customer = header(scope, self.customer_header) or self.proxy.default_customer
         try:
-            spans, is_json = otlp.decode(body, ctype, header(scope, b"content-encoding"))
+            spans, is_json = await asyncio.to_thread(otlp.decode, body, ctype, header(scope, b"content-encoding"))
         except (ValueError, OSError) as err:
             return await send_whole(send, 400, orjson.dumps({"code": 3, "message": str(err)[:500]}))
-        try:
-            batch = await asyncio.to_thread(
-                intake.land_spans,
-                self.writer.root,
-                spans,
-                customer_id=customer,
-                content=self.content,
-                pricing=self.pricing,
-            )
-        except OSError as err:
-            # OTLP/HTTP: 503 is a retryable answer; the body is a google.rpc.Status (14: UNAVAILABLE).
-            message = self._landing_refused(err)
-            return await send_whole(send, 503, orjson.dumps({"code": 14, "message": message}))
+        batch = await asyncio.to_thread(
+            intake.convert_spans, spans, customer_id=customer, content=self.content, pricing=self.pricing
+        )
+        if batch.groups:
+            try:
+                await self.writer.commit(batch.groups)
+            except OSError as err:
+                # OTLP/HTTP: 503 is a retryable answer; the body is a google.rpc.Status (14: UNAVAILABLE).
+                message = self._landing_refused(err)
+                return await send_whole(send, 503, orjson.dumps({"code": 14, "message": message}))
         if batch.landed:
             self.metrics.records_landed.labels("traces").inc(batch.landed)
         if batch.skipped:

@@ -8,6 +8,7 @@ value is cut to ``MAX_LABEL_VALUE`` characters, so a client cannot create new se
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any
 
@@ -168,7 +169,7 @@ class Metrics:
         # Not in seed 002: the proxy's own health (landing queue), named so they cannot be confused with it.
         self.records_landed = Counter(
             "bifrost_proxy_records_landed_total",
-            "Records written to published landing segments, by source (proxy, logs, traces)",
+            "Records durably written (fsynced) to the landing zone, by source (proxy, logs, traces)",
             ("source",),
             registry=r,
         )
@@ -311,4 +312,10 @@ class Metrics:
                 h.observe(g)
 
     def render(self) -> tuple[bytes, str]:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers N: the sum over every worker's files
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

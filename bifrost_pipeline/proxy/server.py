@@ -3,12 +3,20 @@
 On SIGTERM uvicorn stops accepting connections and lets in-flight requests (streams included) finish for up
 to ``proxy.shutdown_grace_s``; then the app's lifespan shutdown drains the landing queue and publishes every
 open segment. Only then does the process exit.
+
+With ``workers > 1`` the process binds the socket, forks that many workers that accept on it (each its own
+app, landing writer and segments: segment names carry the worker's pid) and supervises them: SIGTERM or
+SIGINT is passed on to every worker as SIGTERM (each drains as above), a worker that dies otherwise is
+replaced (its successor's start publishes what it left, as recovery does for any dead pid), and the exit
+status is the worst of the workers'. Metrics are shared through prometheus_client's multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``, set up by the CLI before prometheus_client is imported).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -16,6 +24,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 
 from bifrost_pipeline.config import AppConfig
 
@@ -62,9 +71,8 @@ def serve(
     port: int | None = None,
     mock_upstream: bool = False,
     log_level: str = "info",
+    workers: int = 1,
 ) -> int:
-    import uvicorn
-
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -73,7 +81,65 @@ def serve(
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(4096)
     port = sock.getsockname()[1]
+    print(f"bifrost-pipeline proxy listening on http://{host}:{port}", flush=True)
+    run = functools.partial(_run_worker, app_config, sock, host, port, mock_upstream, log_level)
+    if workers <= 1:
+        return run()
+    log.info("bifrost proxy: %d workers", workers)
+    return _supervise(workers, run)
+
+
+def _supervise(workers: int, run: Callable[[], int]) -> int:
+    """Fork ``workers`` processes running ``run``; pass SIGTERM/SIGINT on; replace a worker that dies
+    before a stop; return the worst exit status."""
+    stopping = False
+    pids: dict[int, int] = {}  # pid -> exit status, once it is known
+
+    def fork() -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                code = run()
+            except BaseException:
+                log.exception("proxy worker %d failed", os.getpid())
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        pids[pid] = -1
+
+    def stop(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid, status in pids.items():
+            if status < 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)  # never SIGINT: a second SIGINT makes uvicorn cut streams
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(workers):
+        fork()
+    while any(status < 0 for status in pids.values()):
+        pid, status = os.wait()
+        code = os.waitstatus_to_exitcode(status)
+        pids[pid] = code if code >= 0 else 1
+        if not stopping:
+            log.error("proxy worker %d ended (status %d) before a stop: starting another", pid, code)
+            del pids[pid]
+            fork()
+    return max(pids.values())
+
+
+def _run_worker(
+    app_config: AppConfig, sock: socket.socket, host: str, port: int, mock_upstream: bool, log_level: str
+) -> int:
+    import uvicorn
 
     app = ProxyApp(app_config, mock_upstream=mock_upstream)
     if mock_upstream:
@@ -101,7 +167,6 @@ def serve(
         app_config.landing_dir,
         ", mock upstream" if mock_upstream else "",
     )
-    print(f"bifrost-pipeline proxy listening on http://{host}:{port}", flush=True)
     if os.environ.get("BIFROST_PROXY_GC_FREEZE", "1") != "0":
         # Everything loaded so far lives as long as the process: keep it out of the collector's scans so
         # that a full collection under load stays short (it shows in the p99 otherwise).

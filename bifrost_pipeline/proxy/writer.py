@@ -8,11 +8,17 @@ The bound is enforced at admission: a request reserves a slot (``await reserve()
 upstream and its record fills that slot, so a record that was admitted is never refused later, even from a
 ``finally`` block of a cancelled stream. When every slot is taken the request waits (backpressure) or, with
 ``client.drop_excess_requests``, is answered 429; both are counted and logged, never silent.
+
+Intake batches take another way in: ``await commit(batch)`` queues the whole batch and the thread wakes at
+once. It appends every batch waiting to the same rotating segments and fsyncs them once for all (group
+commit), then answers each: landed durably, or refused whole (OSError), never in part. So the files per hour
+follow the rotation size and age, not the number of batches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -30,6 +36,7 @@ log = logging.getLogger("bifrost_pipeline.proxy.writer")
 
 _STOP = object()
 _FLUSH = object()
+_COMMIT = object()  # (_COMMIT, batch, future): an intake batch to land whole
 MAX_BATCH = 5000
 BATCH_INTERVAL_S = 0.025  # the writer takes what was queued at most this often
 RETRY_INTERVAL_S = 1.0  # while the disk refuses writes, they are tried again this often
@@ -118,6 +125,9 @@ class LandingWriter:
         self.error: BaseException | None = None  # the last disk error, until a write succeeds again
         self._last_error_log = 0.0
         self._closed = False
+        self.journal = landing.CommitJournal(self.root)
+        self.batches_committed = 0
+        self.group_commits = 0
 
     # --- lifecycle (event loop side) -----------------------------------------------------------------
 
@@ -173,6 +183,15 @@ class LandingWriter:
         """Give back a slot that will carry no record."""
         self.slots.release(1)
 
+    async def commit(self, batch: dict[datetime, list[bytes]]) -> None:
+        """Land a batch of serialized records (by UTC hour) durably, all or none; OSError if refused."""
+        if self._closed or self._thread is None:
+            raise OSError("the landing writer is not running")
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._q.put((_COMMIT, batch, done))
+        self._wake.set()
+        await asyncio.wrap_future(done)
+
     def submit(self, hour: datetime, record: dict) -> None:
         """Hand a record (its slot already reserved) to the writer. Never blocks, never refuses."""
         self.submitted += 1
@@ -195,7 +214,7 @@ class LandingWriter:
         stop = False
         stop_retries = 0
         flush_failed = False
-        landed_before = 0
+        durable_before = 0  # self.written at the last flush that made the proxy's records durable
         # Serialized records not yet written, per hour. They keep their queue slots until they are written,
         # so while the disk refuses them the queue fills and requests wait (or get 429): none is dropped.
         pending: dict[datetime, list[bytes]] = {}
@@ -212,11 +231,14 @@ class LandingWriter:
             elif pending or flush_failed:
                 time.sleep(RETRY_INTERVAL_S)
             force_flush = False
+            commits = []
             for item in self._take():
                 if item is _STOP:
                     stop = True
                 elif item is _FLUSH:
                     force_flush = True
+                elif item[0] is _COMMIT:
+                    commits.append(item[1:])
                 else:
                     hour, rec = item
                     pending.setdefault(hour, []).append(self._serialize(rec))
@@ -229,6 +251,8 @@ class LandingWriter:
                     del pending[hour]
                 else:
                     pending[hour] = lines[done:]
+            if commits:
+                self._commit(commits)  # after the proxy's records: a group's extent holds only its batches
             if force_flush or stop or flush_failed or time.monotonic() >= next_flush:
                 try:
                     rw.flush(durable=True)
@@ -236,6 +260,9 @@ class LandingWriter:
                     if force_flush:
                         rw.close()
                     flush_failed = False
+                    if self.on_landed and self.written != durable_before:
+                        self.on_landed(self.written - durable_before)
+                        durable_before = self.written
                 except Exception as err:  # tried again next time; the segments stay open until they publish
                     flush_failed = True
                     self._failed(err, "flush or publish", sum(len(v) for v in pending.values()))
@@ -243,22 +270,20 @@ class LandingWriter:
             if self.error is not None and not pending and not flush_failed:
                 log.warning("landing writer recovered: every record it held is written and flushed")
                 self.error = None
-            if self.on_landed and rw.lines_published != landed_before:
-                self.on_landed(rw.lines_published - landed_before)
-                landed_before = rw.lines_published
             if stop:
                 stop_retries += 1
                 if not (pending or flush_failed) or stop_retries > STOP_RETRIES:
                     break
         try:
             rw.close()
+            self.journal.close()
+            if self.on_landed and self.written != durable_before:
+                self.on_landed(self.written - durable_before)
         except Exception as err:
             self._failed(err, "publish", 0)
             log.error(
                 "landing writer stopped with segments it could not publish; the next start publishes them"
             )
-        if self.on_landed and rw.lines_published != landed_before:
-            self.on_landed(rw.lines_published - landed_before)
         lost = sum(len(v) for v in pending.values())
         if lost:
             self.lost += lost
@@ -301,6 +326,41 @@ class LandingWriter:
             done += len(part)
             in_new_segment = False
         return done
+
+    def _commit(self, commits: list[tuple[dict, concurrent.futures.Future]]) -> None:
+        """Land every waiting batch with one fsync; if the disk refuses the group, land each batch alone, so
+        that one batch too large for the disk does not refuse the others."""
+        try:
+            self.rotating.commit([batch for batch, _ in commits], self.journal)
+        except Exception as err:
+            if len(commits) == 1:
+                self._commit_alone(*commits[0], err)
+                return
+            for batch, done in commits:
+                self._commit_alone(batch, done, None)
+            return
+        self.group_commits += 1
+        for _, done in commits:
+            self.batches_committed += 1
+            done.set_result(None)
+
+    def _commit_alone(self, batch: dict, done: concurrent.futures.Future, failed: Exception | None) -> None:
+        """One batch; a refused one is tried once more in new segments (past a segment that cannot grow, as
+        ``_write_hour`` does). A batch refused again is answered with the error (the intake counts it)."""
+        rw = self.rotating
+        for fresh in [False, True] if failed is None else [True]:
+            try:
+                if fresh:
+                    for hour in batch:
+                        rw.publish(hour)
+                rw.commit([batch], self.journal)
+            except Exception as err:
+                failed = err
+                continue
+            self.batches_committed += 1
+            done.set_result(None)
+            return
+        done.set_exception(failed if isinstance(failed, OSError) else OSError(str(failed)))
 
     def _take(self) -> list:
         items: list = []

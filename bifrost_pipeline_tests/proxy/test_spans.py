@@ -53,14 +53,6 @@ def test_genai_spans_become_records_others_are_skipped_and_unreadable_ones_repor
     assert intake.check_record(rec) == []
 
 
-def test_land_spans_publishes_one_segment_per_hour(tmp_path):
-    batch = intake.land_spans(tmp_path, [CHAT_SPAN], customer_id="cust_1", content=False, pricing=Pricing())
-    assert batch.landed == 1
-    segments = list(tmp_path.rglob("*.ndjson"))
-    assert len(segments) == 1 and "hour=00" in str(segments[0])
-    assert orjson.loads(segments[0].read_bytes().splitlines()[0])["request_id"]
-
-
-def test_nothing_is_landed_when_no_span_makes_a_record(tmp_path):
-    batch = intake.land_spans(tmp_path, [PLAIN_SPAN], customer_id="c", content=False, pricing=Pricing())
-    assert batch.landed == 0 and not list(tmp_path.rglob("*.ndjson"))
+def test_nothing_is_landed_when_no_span_makes_a_record():
+    batch = intake.convert_spans([PLAIN_SPAN], customer_id="c", content=False, pricing=Pricing())
+    assert batch.landed == 0 and batch.groups == {}

@@ -236,3 +236,130 @@ def test_stopping_on_a_disk_that_stays_full_counts_and_logs_the_records_lost(
     assert w.lost == 4 and lost == [4] and disk.failures >= 3
     assert "4 record(s) it could not write: they are lost" in caplog.text
     assert "No space left on device" in caplog.text
+
+
+def _batch(tag: str, n: int, hours=(H1,)) -> dict:
+    return {h: [json.dumps({"request_id": f"{tag}-{h.hour}-{i}"}).encode() for i in range(n)] for h in hours}
+
+
+def _ids(root) -> list[str]:
+    out = []
+    for seg in root.glob("date=*/hour=*/*.ndjson"):
+        out += [json.loads(x)["request_id"] for x in seg.read_bytes().splitlines()]
+    return sorted(out)
+
+
+def test_many_concurrent_batches_share_few_segments_and_fsyncs(tmp_path):
+    async def scenario():
+        w = LandingWriter(tmp_path, queue_size=10, segment_max_bytes=10**9, segment_max_age_s=3600, flush_interval_s=5)
+        w.start(asyncio.get_running_loop())
+        await asyncio.gather(*(w.commit(_batch(f"b{i}", 50, (H1, H2))) for i in range(200)))
+        # Answered means fsynced: every line is in the open segments before anything is published.
+        parts = list(tmp_path.rglob(".*.part"))
+        assert len(parts) == 2 and sum(p.read_bytes().count(b"\n") for p in parts) == 200 * 100
+        await w.aclose()
+        return w
+
+    w = asyncio.run(scenario())
+    assert w.batches_committed == 200 and w.group_commits < 200  # one fsync served several batches
+    ids = _ids(tmp_path)
+    assert len(ids) == len(set(ids)) == 200 * 100
+    assert len(list(tmp_path.rglob("*.ndjson"))) == 2  # one segment per hour, not one per batch
+    assert not list(tmp_path.glob(".commit-*"))  # the journal goes with a clean close
+
+
+def test_a_refused_batch_is_refused_whole_and_the_others_land(tmp_path, disk):
+    async def scenario():
+        w = LandingWriter(tmp_path, queue_size=10, segment_max_bytes=10**9, segment_max_age_s=3600, flush_interval_s=5)
+        w.start(asyncio.get_running_loop())
+        await w.commit(_batch("before", 3, (H1, H2)))
+        disk.full = True
+        with pytest.raises(OSError, match="No space"):
+            await w.commit(_batch("refused", 400, (H1, H2)))
+        disk.full = False
+        await w.commit(_batch("after", 3, (H1, H2)))
+        await w.aclose()
+
+    asyncio.run(scenario())
+    ids = _ids(tmp_path)
+    assert not [i for i in ids if i.startswith("refused")]  # nothing of it, in either hour
+    assert len(ids) == 12 and not list(tmp_path.rglob("*.part"))
+
+
+CHILD = """
+import asyncio, json, os, sys, time
+from datetime import UTC, datetime
+from bifrost_pipeline.landing import writer as segment_writer
+from bifrost_pipeline.proxy.writer import LandingWriter
+
+root, stage = sys.argv[1], sys.argv[2]
+H1, H2 = datetime(2026, 1, 2, 13, tzinfo=UTC), datetime(2026, 1, 2, 14, tzinfo=UTC)
+real_write, real_flush = segment_writer._write_all, segment_writer.SegmentFile.flush
+armed = False
+
+def hang(what):
+    print(what, flush=True)
+    time.sleep(60)
+
+def write_all(fd, data):
+    if armed and stage == "write" and b'"big-14' in data:
+        real_write(fd, data[: len(data) // 3])  # the 14:00 part of the batch is torn mid-line
+        hang("torn")
+    return real_write(fd, data)
+
+def flush(self, durable=True):
+    if armed and stage == "fsync":
+        hang("written")  # every line of the batch written, not yet fsynced or answered
+    return real_flush(self, durable)
+
+segment_writer._write_all = write_all
+segment_writer.SegmentFile.flush = flush
+
+def batch(tag, n):
+    return {h: [json.dumps({"request_id": f"{tag}-{h.hour}-{i}", "pad": "x" * 100}).encode() for i in range(n)]
+            for h in (H1, H2)}
+
+async def main():
+    global armed
+    w = LandingWriter(root, queue_size=10, segment_max_bytes=10**9, segment_max_age_s=3600, flush_interval_s=60)
+    w.start(asyncio.get_running_loop())
+    await w.commit(batch("ok", 5))
+    armed = True
+    await w.commit(batch("big", 2000))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("stage", ["write", "fsync"])
+def test_kill_9_mid_batch_leaves_the_unanswered_batch_whole_or_absent(tmp_path, stage):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path), stage], stdout=subprocess.PIPE, env={**os.environ}
+    )
+    try:
+        assert proc.stdout.readline().strip() in (b"torn", b"written")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert list(tmp_path.glob(".commit-*.journal"))  # the dead writer's journal is still there
+    landing.recover_dead_writers(tmp_path)
+    ids = _ids(tmp_path)
+    answered = [i for i in ids if i.startswith("ok-")]
+    big = [i for i in ids if i.startswith("big-")]
+    assert len(answered) == 10  # the batch answered before the crash is kept
+    assert len(big) == {"write": 0, "fsync": 4000}[stage]  # never part of it
+    assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.glob(".commit-*"))
+
+
+def test_a_torn_journal_is_ignored_and_a_whole_group_kept(tmp_path):
+    seg = landing.SegmentFile(tmp_path, "t", H1)
+    seg.write_lines([b'{"request_id": "a"}', b'{"request_id": "b"}'])
+    journal = landing.CommitJournal(tmp_path)
+    journal.record([(seg.temp_path, 0, seg.bytes_written)])  # the group is whole
+    landing.recover(tmp_path)
+    assert _ids(tmp_path) == ["a", "b"]
+    seg2 = landing.SegmentFile(tmp_path, "t", H2)
+    seg2.write_lines([b'{"request_id": "c"}'])
+    (tmp_path / journal.path.name).write_bytes(b"deadbeef {\"segments\": [[")  # died while writing it
+    landing.recover(tmp_path)
+    assert _ids(tmp_path) == ["a", "b", "c"] and not list(tmp_path.glob(".commit-*"))

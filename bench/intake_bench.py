@@ -1,0 +1,201 @@
+"""Intake benchmark: `/v1/logs` records/s and MB/s and `/v1/traces` spans/s on one core, beside a floor.
+
+    python bench/intake_bench.py [--records 100000] [--batch 1000 5000]
+
+Everything runs in this process, on one thread for the work and the landing writer's thread for the I/O,
+as a proxy worker does (no HTTP: the proxy_bench measures requests):
+
+- floor: orjson.loads of every line of the batch and an append of the batch to a file, no validation;
+- intake: ``intake.process_batch`` (the compiled schema checks, the UTC hour of each record) and
+  ``LandingWriter.commit`` (group commit: appended to the rotating segments and fsynced before the
+  answer). Target (issue 13): >= 100,000 records/s of about 2 KB, and >= 0.5x the floor;
+- OTLP: ``otlp.decode`` + ``intake.convert_spans`` of protobuf bodies of 1,000 openai-v2 chat spans each (the
+  GenAI span of a recording (bifrost_pipeline_tests/data/otlp), and the same group commit. Target: >= 50,000 spans/s;
+- files: the segments the run created, beside one per batch and UTC hour (how intake landed before);
+- peak RSS of the process.
+
+The figures depend on the machine and on what else runs on it: run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bifrost_pipeline.proxy import intake, otlp  # noqa: E402
+from bifrost_pipeline.proxy.pricing import Pricing  # noqa: E402
+from bifrost_pipeline.proxy.writer import LandingWriter  # noqa: E402
+
+OTLP_FIXTURE = ROOT / "bifrost_pipeline_tests" / "data" / "otlp" / "openai-v2--chat-content.0.traces.pb"
+
+
+def canonical_records(n: int, start: datetime) -> list[bytes]:
+    """``n`` valid records of about 2.2 KB (content included), spread over two UTC hours."""
+    out = []
+    for i in range(n):
+        ts = start + timedelta(seconds=7200 * i / n)
+        rec = {
+            "schema_version": "1",
+            "timestamp": ts.isoformat().replace("+00:00", "Z"),
+            "ended_at": (ts + timedelta(milliseconds=830)).isoformat().replace("+00:00", "Z"),
+            "request_id": str(uuid.uuid4()),
+            "customer_id": f"cust_{i % 50}",
+            "user_id": f"user_{i % 997}",
+            "provider": "openai",
+            "model": "gpt-4o-mini",
+            "endpoint": "/v1/chat/completions",
+            "method": "POST",
+            "request_type": "chat",
+            "stream": i % 3 == 0,
+            "status": "success",
+            "status_code": 200,
+            "finish_reason": "stop",
+            "latency_ms": 830,
+            "time_to_first_token_ms": 210,
+            "input_tokens": 412,
+            "output_tokens": 230,
+            "total_tokens": 642,
+            "cost_usd": 0.000199,
+            "metadata": {"team": "search", "env": "prod"},
+            "input_content": json.dumps([{"role": "user", "content": "lorem ipsum " * 80}]),
+            "output_content": json.dumps([{"role": "assistant", "content": "dolor sit amet " * 60}]),
+        }
+        out.append(orjson.dumps(rec))
+    return out
+
+
+def floor(batches: list[bytes], path: Path) -> float:
+    """Seconds to parse every line and append each batch to a file (fsynced per batch), no validation."""
+    t0 = time.perf_counter()
+    with open(path, "ab") as fh:
+        for body in batches:
+            for line in body.split(b"\n"):
+                orjson.loads(line)
+            fh.write(body + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    return time.perf_counter() - t0
+
+
+async def _land(root: Path, bodies: list[bytes], convert) -> tuple[float, LandingWriter]:
+    writer = LandingWriter(root, queue_size=1000, segment_max_bytes=64 << 20, segment_max_age_s=60, flush_interval_s=1)
+    writer.start(asyncio.get_running_loop())
+    t0 = time.perf_counter()
+    for body in bodies:
+        groups = convert(body)
+        await writer.commit(groups)
+    elapsed = time.perf_counter() - t0
+    await writer.aclose()
+    return elapsed, writer
+
+
+def run_logs(records: list[bytes], batch: int, work: Path) -> dict:
+    bodies = [b"\n".join(records[i : i + batch]) for i in range(0, len(records), batch)]
+    mb = sum(len(b) for b in bodies) / 1e6
+    base = floor(bodies, work / f"floor-{batch}.ndjson")
+    root = work / f"landing-{batch}"
+    elapsed, writer = asyncio.run(_land(root, bodies, lambda b: intake.process_batch(b, strip_content=False)[0]))
+    files = len(list(root.rglob("*.ndjson")))
+    per_batch_hours = sum(len(intake.process_batch(b, strip_content=False)[0]) for b in bodies[:1]) * len(bodies)
+    n = len(records)
+    return {
+        "batch": batch,
+        "floor_rps": n / base,
+        "intake_rps": n / elapsed,
+        "intake_mbps": mb / elapsed,
+        "ratio": base / elapsed,
+        "files": files,
+        "files_one_per_batch_hour": per_batch_hours,
+        "group_commits": writer.group_commits,
+    }
+
+
+def otlp_bodies(spans_per_body: int, bodies: int) -> list[bytes]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    template = ExportTraceServiceRequest()
+    template.ParseFromString(OTLP_FIXTURE.read_bytes())
+    spans = [
+        s
+        for rs in template.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+        if any(kv.key.startswith("gen_ai.") for kv in s.attributes)
+    ]
+    out = []
+    for b in range(bodies):
+        req = ExportTraceServiceRequest()
+        rs = req.resource_spans.add()
+        rs.resource.CopyFrom(template.resource_spans[0].resource)
+        ss = rs.scope_spans.add()
+        for i in range(spans_per_body):
+            s = ss.spans.add()
+            s.CopyFrom(spans[i % len(spans)])
+            s.span_id = (b * spans_per_body + i + 1).to_bytes(8, "big")
+            s.trace_id = uuid.uuid4().bytes
+        out.append(req.SerializeToString())
+    return out
+
+
+def run_otlp(total: int, work: Path) -> dict:
+    bodies = otlp_bodies(1000, max(1, total // 1000))
+    pricing = Pricing()
+
+    def convert(body: bytes) -> dict:
+        spans, _ = otlp.decode(body, "application/x-protobuf", "")
+        return intake.convert_spans(spans, customer_id="bench", content=True, pricing=pricing).groups
+
+    elapsed, writer = asyncio.run(_land(work / "landing-otlp", bodies, convert))
+    n = 1000 * len(bodies)
+    return {"spans": n, "spans_per_s": n / elapsed, "landed": writer.rotating.lines_published}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--spans", type=int, default=50_000)
+    args = parser.parse_args()
+    try:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core for the work (and the writer)
+    except (AttributeError, OSError):
+        pass
+    records = canonical_records(args.records, datetime(2026, 3, 4, 5, tzinfo=UTC))
+    size = sum(len(r) for r in records) / len(records)
+    print(f"{args.records} canonical records of {size:.0f} bytes on average, two UTC hours")
+    print(f"{'batch':>6} {'floor rec/s':>12} {'intake rec/s':>13} {'MB/s':>7} {'x floor':>8} {'files':>6} "
+          f"{'(1/batch/hour)':>15} {'fsyncs':>7}")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="intake-bench-") as tmp:
+        work = Path(tmp)
+        for batch in args.batch:
+            r = run_logs(records, batch, work)
+            print(
+                f"{r['batch']:>6} {r['floor_rps']:>12,.0f} {r['intake_rps']:>13,.0f} {r['intake_mbps']:>7.1f} "
+                f"{r['ratio']:>8.2f} {r['files']:>6} {r['files_one_per_batch_hour']:>15} {r['group_commits']:>7}"
+            )
+        o = run_otlp(args.spans, work)
+        print(f"OTLP protobuf, 1,000 openai-v2 chat spans a body: {o['spans_per_s']:,.0f} spans/s ({o['landed']} landed)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {peak:.0f} MB")
+    print(
+        "files per hour of intake: at most one segment per UTC hour per segment_max_age_s (default 60 s: 60 an "
+        "hour) or per segment_max_bytes (64 MB), per worker, however many batches arrive"
+    )
+
+
+if __name__ == "__main__":
+    main()

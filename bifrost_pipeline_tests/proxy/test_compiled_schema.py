@@ -1,0 +1,140 @@
+"""The intake's compiled checks agree with the JSON Schema (jsonschema, the reference) on a corpus generated
+from the schema file itself: valid records, and records with one field mutated to a wrong type, an
+out-of-range value, a bad enum, a bad timestamp, a missing required field or an extra field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bifrost_pipeline import records
+from bifrost_pipeline.proxy import compiled_schema, intake
+from bifrost_pipeline_tests.helpers import record
+
+SCHEMA = records.json_schema()
+PROPS: dict[str, dict] = SCHEMA["properties"]
+REQUIRED: list[str] = SCHEMA["required"]
+ANY_JSON = [None, True, False, 0, -1, 1.5, 1.0, 2**40, "", "x", [], ["a"], {}, {"k": 1}]
+BAD_TIMESTAMPS = [
+    "yesterday", "2026-02-30T00:00:00Z", "2026-13-01T00:00:00Z", "0000-01-01T00:00:00Z", "2026-01-01 00:00:00Z",
+    "2026-01-01T24:00:00Z", "2026-01-01T00:00:60Z", "2026-01-01T00:00:00", "2026-01-01T00:00:00+0200",
+    "2026-01-01", "2026-01-01T00:00:00.Z", "2026-01-01T00:00:00+24:00", "\u0662026-01-01T00:00:00Z",
+]  # fmt: skip
+GOOD_TIMESTAMPS = ["2024-02-29T23:59:59.999999Z", "2026-01-01t00:00:00z", "2026-12-31T23:00:00-05:30"]
+
+
+def _types(prop: dict) -> list[str]:
+    t = prop.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def _timestamps() -> st.SearchStrategy[str]:
+    moments = st.datetimes(datetime(1970, 1, 1), datetime(2100, 1, 1), timezones=st.just(UTC))
+    offsets = st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-9, minutes=-30))])
+    made = st.builds(lambda m, tz: m.astimezone(tz).isoformat().replace("+00:00", "Z"), moments, offsets)
+    return st.one_of(made, st.sampled_from(GOOD_TIMESTAMPS))
+
+
+def _valid_value(prop: dict) -> st.SearchStrategy:
+    """Values that satisfy ``prop`` (one property of the schema), from its own keywords."""
+    options = []
+    for t in _types(prop):
+        if "enum" in prop:
+            options.append(st.sampled_from(prop["enum"]))
+        elif t == "string" and prop.get("format") == "date-time":
+            options.append(_timestamps())
+        elif t == "string":
+            options.append(st.text(min_size=prop.get("minLength", 0), max_size=20))
+        elif t == "integer":
+            options.append(st.integers(int(prop.get("minimum", -(2**31))), int(prop.get("maximum", 2**31))))
+        elif t == "number":
+            options.append(st.floats(prop.get("minimum"), prop.get("maximum"), allow_nan=False, allow_infinity=False))
+        elif t == "boolean":
+            options.append(st.booleans())
+        elif t == "null":
+            options.append(st.none())
+        elif t == "object":
+            extra = prop.get("additionalProperties", True)
+            values = _valid_value(extra) if isinstance(extra, dict) else st.sampled_from(ANY_JSON)
+            options.append(st.dictionaries(st.text(max_size=5), values, max_size=3))
+    return st.one_of(options)
+
+
+@st.composite
+def valid_records(draw) -> dict:
+    rec = {}
+    for name, prop in PROPS.items():
+        if name in REQUIRED or draw(st.booleans()):
+            rec[name] = draw(_valid_value(prop))
+    return rec
+
+
+def _bad_values(prop: dict) -> list:
+    """Values that break one keyword of ``prop`` (some may happen to be valid: the reference decides)."""
+    out = list(ANY_JSON)
+    for key, step in (("minimum", -1), ("maximum", 1)):
+        if key in prop:
+            out += [prop[key] + step, prop[key] + step * 0.5]
+    if "minLength" in prop:
+        out.append("x" * (prop["minLength"] - 1))
+    if "enum" in prop:
+        out += ["nope", prop["enum"][0].upper() + "x", prop["enum"][0].lower() + " "]
+    if prop.get("format") == "date-time":
+        out += BAD_TIMESTAMPS
+    if "object" in _types(prop):
+        out += [{"k": 1}, {"k": None}, {"k": ["v"]}]
+    return out
+
+
+@st.composite
+def mutated_records(draw) -> dict:
+    rec = draw(valid_records())
+    how = draw(st.sampled_from(["value", "missing", "extra"]))
+    if how == "missing":
+        del rec[draw(st.sampled_from(REQUIRED))]
+    elif how == "extra":
+        rec[draw(st.text(min_size=1, max_size=8).filter(lambda k: k not in PROPS))] = draw(st.sampled_from(ANY_JSON))
+    else:
+        name = draw(st.sampled_from(sorted(PROPS)))
+        rec[name] = draw(st.sampled_from(_bad_values(PROPS[name])))
+    return rec
+
+
+def _agree(rec: dict) -> None:
+    reference = not any(intake.reference_validator().iter_errors(rec))
+    assert intake.compiled_check()(rec) is reference, rec
+    assert (intake.check_record(rec) == []) is reference, rec
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(valid_records())
+def test_generated_valid_records_pass_both(rec):
+    _agree(rec)
+    assert intake.compiled_check()(rec)
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(mutated_records())
+def test_compiled_checks_agree_with_the_json_schema_on_mutated_records(rec):
+    _agree(rec)
+
+
+@pytest.mark.parametrize("value", BAD_TIMESTAMPS + GOOD_TIMESTAMPS)
+def test_date_time_is_the_reference_format_check(value):
+    reference, _ = intake.reference_validator().format_checker.checkers["date-time"]
+    assert compiled_schema.is_date_time(value) is reference(value)
+
+
+def test_a_schema_keyword_it_does_not_compile_falls_back_to_fastjsonschema():
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 3}}}
+    check = compiled_schema.compile_check(schema, {})
+    assert check({"n": 6}) and not check({"n": 7})
+
+
+def test_non_objects_and_unhashable_values_are_rejected_not_raised():
+    for value in ANY_JSON:
+        _agree(record(method=value))
+        assert intake.compiled_check()(value) is False
