@@ -7,6 +7,8 @@ in memory.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -185,8 +187,13 @@ def run_export(
     run_id: str | None = None,
     exported_at: datetime | None = None,
     destination: Destination | None = None,
+    log: logging.Logger | None = None,
 ) -> ExportRun:
-    """Materialize one partition of one export and publish it to its destination."""
+    """Materialize one partition of one export and publish it to its destination.
+
+    `log` (the Dagster run's logger, when an asset calls this) gets the destination's own messages, such as
+    waiting for a locked warehouse file.
+    """
     began = time.monotonic()
     run_id = run_id or uuid.uuid4().hex
     exported_at = exported_at or datetime.now(UTC)
@@ -229,7 +236,7 @@ def run_export(
             run_id=run_id,
         )
         if destination is None:
-            destination = make_destination(app, export)
+            destination = make_destination(app, export, log=log)
         written = destination.write_partition(output)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -247,9 +254,12 @@ def run_export(
     )
 
 
-def make_destination(app: AppConfig, export: ExportConfig) -> Destination:
+def make_destination(app: AppConfig, export: ExportConfig, log: logging.Logger | None = None) -> Destination:
     cls = destination_class(export.destination.type)
-    return cls(export.destination.config, app.destination_context(export.name))
+    context = app.destination_context(export.name)
+    if log is not None:
+        context = dataclasses.replace(context, log=log)
+    return cls(export.destination.config, context)
 
 
 def _prune_empty(path: Path, stop: Path) -> None:
