@@ -175,8 +175,8 @@ def _exports(defs, instance, exports: list[tuple[ExportConfig, str]], out: TextI
 
 
 def _rows(meta: dict) -> str:
-    """Rows per dataset when the materialization says (a total over datasets would count a record twice)."""
-    rows = meta.get("rows")
-    if isinstance(rows, dict):
-        return ", ".join(f"{ds} {n}" for ds, n in rows.items()) or "no datasets"
-    return f"{meta.get('dagster/row_count')} rows"
+    """The records exported and each dataset's rows (a total over datasets would count a record twice)."""
+    if meta.get("empty"):
+        return "no records in this window"
+    datasets = ", ".join(f"{key.split('/', 1)[1]} {n}" for key, n in meta.items() if key.startswith("rows/"))
+    return f"{meta.get('dagster/row_count')} record(s) ({datasets or 'no datasets'})"
