@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
+from bifrost_pipeline import backfill_plans
 from bifrost_pipeline.config import AppConfig, ExportConfig
 
 UI = "http://127.0.0.1:3000"  # `make dev`'s Dagster UI
@@ -119,15 +120,17 @@ def backfill(app: AppConfig, config_file: Path, days: list[date], *, out: TextIO
         why = "; ".join(f"{name} {', '.join(keys)}" for name, keys in widened_by.items())
         print(f"   widened to {min(raw_days)}..{max(raw_days)}: {len(extra)} more day(s) that the export "
               f"partitions overlapping your days also read ({why})", file=out, flush=True)
-    if not _raw_days(defs, instance, sorted(raw_days), out):
-        return False
     exports = [(e, key) for e in app.exports for key in plan[e.name]]
-    print(f"== exports: {len(exports)} partition(s)", file=out, flush=True)
-    for e in app.exports:
-        if not plan[e.name]:
-            print(f"   {e.name}: no {e.schedule.frequency} partition overlaps these days and has ended", file=out)
-    if not _exports(defs, instance, exports, out):
-        return False
+    # announced, so that raw_logs_updated_sensor does not start these export partitions meanwhile
+    with backfill_plans.announced(instance, [(f"{e.asset_name}_job", key) for e, key in exports]) as announced:
+        if not _raw_days(defs, instance, sorted(raw_days), out, announced):
+            return False
+        print(f"== exports: {len(exports)} partition(s)", file=out, flush=True)
+        for e in app.exports:
+            if not plan[e.name]:
+                print(f"   {e.name}: no {e.schedule.frequency} partition overlaps these days and has ended", file=out)
+        if not _exports(defs, instance, exports, out, announced):
+            return False
     print(
         f"== done in {time.monotonic() - started:.0f}s: {len(raw_days)} raw_logs run(s), {len(exports)} export "
         f"run(s); each run's Dagster log is in the UI (make dev, then {UI_RUNS})",
@@ -136,7 +139,7 @@ def backfill(app: AppConfig, config_file: Path, days: list[date], *, out: TextIO
     return True
 
 
-def _raw_days(defs, instance, days: list[date], out: TextIO) -> bool:
+def _raw_days(defs, instance, days: list[date], out: TextIO, announced: backfill_plans.Plan) -> bool:
     from bifrost_pipeline.defs.raw import QUARANTINE, RAW, RAW_JOB
 
     job = defs.resolve_job_def(RAW_JOB)
@@ -144,7 +147,8 @@ def _raw_days(defs, instance, days: list[date], out: TextIO) -> bool:
         t0 = time.monotonic()
         with _progress_line(f"   [{i}/{len(days)}] {day}", out) as finish:
             result = job.execute_in_process(
-                partition_key=day.isoformat(), instance=instance, raise_on_error=False, run_config=QUIET_RUN_CONFIG
+                partition_key=day.isoformat(), instance=instance, raise_on_error=False, run_config=QUIET_RUN_CONFIG,
+                tags={backfill_plans.TAG: announced.id},
             )
             if not result.success:
                 finish(_failure(result))
@@ -157,15 +161,20 @@ def _raw_days(defs, instance, days: list[date], out: TextIO) -> bool:
     return True
 
 
-def _exports(defs, instance, exports: list[tuple[ExportConfig, str]], out: TextIO) -> bool:
+def _exports(
+    defs, instance, exports: list[tuple[ExportConfig, str]], out: TextIO, announced: backfill_plans.Plan
+) -> bool:
     import dagster as dg
 
     for i, (e, key) in enumerate(exports, 1):
         t0 = time.monotonic()
         with _progress_line(f"   [{i}/{len(exports)}] {e.name} {key}", out) as finish:
-            result = defs.resolve_job_def(f"{e.asset_name}_job").execute_in_process(
-                partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET_RUN_CONFIG
+            job = f"{e.asset_name}_job"
+            result = defs.resolve_job_def(job).execute_in_process(
+                partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET_RUN_CONFIG,
+                tags={backfill_plans.TAG: announced.id},
             )
+            announced.done(job, key)
             if not result.success:
                 finish(_failure(result))
                 return False
@@ -175,8 +184,8 @@ def _exports(defs, instance, exports: list[tuple[ExportConfig, str]], out: TextI
 
 
 def _rows(meta: dict) -> str:
-    """Rows per dataset when the materialization says (a total over datasets would count a record twice)."""
-    rows = meta.get("rows")
-    if isinstance(rows, dict):
-        return ", ".join(f"{ds} {n}" for ds, n in rows.items()) or "no datasets"
-    return f"{meta.get('dagster/row_count')} rows"
+    """The records exported and each dataset's rows (a total over datasets would count a record twice)."""
+    if meta.get("empty"):
+        return "no records in this window"
+    datasets = ", ".join(f"{key.split('/', 1)[1]} {n}" for key, n in meta.items() if key.startswith("rows/"))
+    return f"{meta.get('dagster/row_count')} record(s) ({datasets or 'no datasets'})"

@@ -7,6 +7,8 @@ in memory.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -35,6 +37,7 @@ from bifrost_pipeline.destinations.base import (
     WriteResult,
     sha256_file,
 )
+from bifrost_pipeline.preview import preview
 from bifrost_pipeline.transforms import datasets as ds
 from bifrost_pipeline.transforms.aggregate import aggregate
 from bifrost_pipeline.transforms.anonymize import anonymize
@@ -123,7 +126,13 @@ class ExportRun:
     output: PartitionOutput
     written: WriteResult
     seconds: float
-    rows: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)  # per dataset
+    records: int = 0  # see `exported_records`
+    preview: str = ""  # a few rows of the first dataset as written (Markdown)
+
+    @property
+    def empty(self) -> bool:
+        return self.records == 0
 
 
 def scan_raw(paths: list[Path]) -> pl.LazyFrame:
@@ -183,6 +192,28 @@ def build_dataset(
     return lf
 
 
+def exported_records(records_lf: pl.LazyFrame, export: ExportConfig, files: list[DatasetFile]) -> int:
+    """How many records a partition exported: the log records of its window that passed the export's
+    filters, which every dataset was built from (the base of `dagster/row_count`).
+
+    A dataset is not that count in general: error_logs keeps the errors only, metrics and an aggregate step
+    group records, and the datasets together hold each record several times. When request_logs or
+    response_logs was written one row per record (no aggregate step) its row count is the answer; otherwise
+    the filtered records are counted (a scan of the filter columns only).
+    """
+    if not any(isinstance(step, Aggregate) for step in export.data.transformations):
+        for f in files:
+            if f.dataset in ("request_logs", "response_logs"):
+                return f.rows
+    return int(records_lf.select(pl.len()).collect().item())
+
+
+def first_preview(files: list[DatasetFile]) -> str:
+    """request_logs' first rows, or the first dataset's when request_logs is not exported."""
+    chosen = next((f for f in files if f.dataset == "request_logs"), files[0] if files else None)
+    return preview(chosen.dataset, chosen.parquet_path) if chosen else ""
+
+
 def run_export(
     app: AppConfig,
     export: ExportConfig,
@@ -192,7 +223,8 @@ def run_export(
     exported_at: datetime | None = None,
     destination: Destination | None = None,
 ) -> ExportRun:
-    """Materialize one partition of one export and publish it to its destination."""
+    """Materialize one partition of one export and publish it to its destination (default: the export's,
+    made by `make_destination`)."""
     began = time.monotonic()
     run_id = run_id or uuid.uuid4().hex
     exported_at = exported_at or datetime.now(UTC)
@@ -223,6 +255,8 @@ def run_export(
                 lf, dataset, export, variables, work_dir / "work", app.pipeline.duckdb_memory_limit
             )
             files.append(stage_dataset(frame, dataset, export.data.format, export.data.codec, work_dir))
+        records_count = exported_records(lf, export, files)
+        shown = first_preview(files)  # read before the staging directory goes
         output = PartitionOutput(
             export=export.name,
             partition_key=partition_key,
@@ -250,12 +284,18 @@ def run_export(
         written=written,
         seconds=time.monotonic() - began,
         rows={f.dataset: f.rows for f in files},
+        records=records_count,
+        preview=shown,
     )
 
 
-def make_destination(app: AppConfig, export: ExportConfig) -> Destination:
+def make_destination(app: AppConfig, export: ExportConfig, log: logging.Logger | None = None) -> Destination:
+    """The export's destination; `log` (e.g. a Dagster run's logger) gets what it says while it works."""
     cls = destination_class(export.destination.type)
-    return cls(export.destination.config, app.destination_context(export.name))
+    context = app.destination_context(export.name)
+    if log is not None:
+        context = dataclasses.replace(context, log=log)
+    return cls(export.destination.config, context)
 
 
 def _prune_empty(path: Path, stop: Path) -> None:

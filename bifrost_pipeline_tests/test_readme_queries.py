@@ -1,6 +1,8 @@
 """The analyst queries of the README run as written on the embedded warehouse and give the right numbers."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -100,3 +102,35 @@ def test_retry_fallback_rate_by_provider(warehouse):
         ("anthropic", 1, pytest.approx(1.0), pytest.approx(1.0), pytest.approx(4.0)),
         ("openai", 3, pytest.approx(1 / 3), pytest.approx(0.0), pytest.approx(4 / 3)),
     ]
+
+
+def readme_analyst_commands() -> list[str]:
+    (block,) = re.findall(r"<!-- analyst commands -->\s*```sh\n(.*?)```", README.read_text(), re.S)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_commands_that_read_without_blocking_the_loads_run_as_written(tmp_path):
+    """In a directory laid out as after `make demo`: the warehouse, and the daily export's Parquet files."""
+    exports = [
+        {"name": "warehouse", "schedule": {"frequency": "daily"},
+         "destination": {"type": "duckdb", "config": {"table": "request_logs"}},
+         "data": {"include": ["request_logs"]}},
+        {"name": "daily_local_export", "schedule": {"frequency": "daily"},
+         "destination": {"type": "local", "config": {"path": "exports", "prefix": "daily-exports/{year}/{month}/{day}/"}},
+         "data": {"include": ["request_logs"], "compression": "gzip"}},
+    ]
+    app = make_app(tmp_path, exports, pipeline={"data_dir": ".bifrost", "start_date": "2024-01-01"})
+    assert app.warehouse_path == tmp_path / ".bifrost" / "warehouse.duckdb"
+    land(app, [record(request_id=f"r{i}", model=m) for i, m in enumerate(["gpt-4o", "gpt-4o", "claude-3-haiku"])])
+    validation.validate_day(app, DAY)
+    for export in app.exports:
+        run_export(app, export, DAY.isoformat())
+    (tmp_path / ".venv").symlink_to(sys.prefix)
+    outputs = []
+    for command in readme_analyst_commands():
+        result = subprocess.run(["bash", "-e", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"`{command}` failed:\n{result.stdout}{result.stderr}"
+        outputs.append(result.stdout)
+    copy_count, by_model = outputs[1], outputs[2]
+    assert re.search(r"│\s+3\s+│", copy_count), copy_count
+    assert re.search(r"claude-3-haiku\s+│\s+1\s+│", by_model) and re.search(r"gpt-4o\s+│\s+2\s+│", by_model), by_model

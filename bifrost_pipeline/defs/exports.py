@@ -1,7 +1,7 @@
 """One asset, one job and one schedule per enabled entry of `log_exports.exports`."""
 
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -10,8 +10,11 @@ from bifrost_pipeline.defs.freshness import export_freshness_policy
 from bifrost_pipeline.defs.partitions import export_partitions
 from bifrost_pipeline.defs.raw import RAW, landing_state, recorded_landing_state
 from bifrost_pipeline.defs.resources import PipelineResource
-from bifrost_pipeline.destinations.base import DestinationError
-from bifrost_pipeline.exports import make_destination, run_export
+from bifrost_pipeline.destinations.base import Destination, DestinationError
+from bifrost_pipeline.destinations.duckdb import DuckDBDestination
+from bifrost_pipeline.destinations.local import LocalDestination
+from bifrost_pipeline.destinations.object_store import ObjectStoreDestination
+from bifrost_pipeline.exports import ExportRun, make_destination, run_export
 from bifrost_pipeline.windows import partition_window, utc_days
 
 if TYPE_CHECKING:
@@ -92,28 +95,93 @@ def build_export_asset(app: AppConfig, export: ExportConfig) -> dg.AssetsDefinit
         cfg = app_cfg.export(export.name)
         start, end = partition_window(cfg.schedule, context.partition_key)
         check_raw_ready(context.instance, app_cfg, utc_days(start, end), cfg.name)
+        # the run's logger: what the destination says while it works (e.g. waiting for a locked file) shows
+        # in the run's log in the UI
+        target = make_destination(app_cfg, cfg, log=context.log)
         try:
-            run = run_export(app_cfg, cfg, context.partition_key, run_id=context.run_id)
+            run = run_export(app_cfg, cfg, context.partition_key, run_id=context.run_id, destination=target)
         except DestinationError as err:
             raise dg.Failure(description=str(err), allow_retries=err.retryable) from None
-        context.log.info(f"{cfg.name} {context.partition_key}: {run.rows} -> {run.written.location}")
-        return dg.MaterializeResult(
-            metadata={
-                "window_start": start.isoformat(),
-                "window_end": end.isoformat(),
-                "raw_days": [d.isoformat() for d in run.raw_days],
-                "rows": dg.MetadataValue.json(run.rows),
-                "dagster/row_count": sum(run.rows.values()),
-                "location": run.written.location,
-                "files": dg.MetadataValue.json(
-                    [{"name": f.file_name, "rows": f.rows, "bytes": f.bytes, "sha256": f.sha256} for f in run.output.files]
-                ),
-                "removed_stale": len(run.written.removed),
-                "seconds": round(run.seconds, 3),
-            }
-        )
+        if run.empty:
+            context.log.info(f"{cfg.name} {context.partition_key}: no records in this window")
+        else:
+            context.log.info(f"{cfg.name} {context.partition_key}: {run.records} record(s) -> {run.written.location}")
+        return dg.MaterializeResult(metadata=export_metadata(run, target))
 
     return _export
+
+
+# S3 and GCS consoles show a prefix in the browser; for a custom endpoint (an emulator, another
+# S3-compatible store) there is no such page, and only the URI is given.
+CONSOLES = {
+    "s3": "https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={key}",
+    "gs": "https://console.cloud.google.com/storage/browser/{bucket}/{key}",
+}
+
+
+def location_metadata(destination: Destination, location: str) -> dict[str, dg.MetadataValue]:
+    """Where the partition is, as something to click: a local path, a store's URI, a console page."""
+    if isinstance(destination, LocalDestination):
+        return {"location": dg.MetadataValue.path(location)}
+    if isinstance(destination, DuckDBDestination):
+        return {"location": dg.MetadataValue.path(str(destination.path))}
+    if isinstance(destination, ObjectStoreDestination):
+        meta = {"location": dg.MetadataValue.url(location)}
+        scheme, _, rest = location.partition("://")
+        bucket, _, key = rest.partition("/")
+        if scheme in CONSOLES and destination.endpoint() is None:
+            meta["console"] = dg.MetadataValue.url(CONSOLES[scheme].format(bucket=bucket, key=key))
+        return meta
+    return {"location": dg.MetadataValue.text(location)}
+
+
+DATASETS_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("dataset", "string"),
+        dg.TableColumn("file", "string"),
+        dg.TableColumn("rows", "int"),
+        dg.TableColumn("bytes", "int"),
+    ]
+)
+
+
+def export_metadata(run: ExportRun, destination: Destination) -> dict[str, Any]:
+    """What the UI shows of one export partition (README, "What a materialization shows").
+
+    `dagster/row_count` is the records exported (exports.exported_records), not a sum over datasets that
+    would count a record once per dataset; each dataset's rows and bytes are beside it, as a table and as
+    plain numbers (`rows/<dataset>`, `bytes/<dataset>`) that the UI plots across partitions.
+    """
+    files = run.output.files
+    meta: dict[str, Any] = {
+        "dagster/row_count": run.records,
+        "empty": run.empty,
+        "window_start": dg.MetadataValue.timestamp(run.window_start),
+        "window_end": dg.MetadataValue.timestamp(run.window_end),
+        "exported_at": dg.MetadataValue.timestamp(run.output.exported_at),
+        "raw_days": [d.isoformat() for d in run.raw_days],
+        "datasets": dg.MetadataValue.table(
+            records=[
+                dg.TableRecord({"dataset": f.dataset, "file": f.file_name, "rows": f.rows, "bytes": f.bytes})
+                for f in files
+            ],
+            schema=DATASETS_SCHEMA,
+        ),
+        **{f"rows/{f.dataset}": f.rows for f in files},
+        **{f"bytes/{f.dataset}": f.bytes for f in files},
+        **location_metadata(destination, run.written.location),
+        "files": dg.MetadataValue.json(
+            [{"name": f.file_name, "rows": f.rows, "bytes": f.bytes, "sha256": f.sha256} for f in files]
+        ),
+        "removed_stale": len(run.written.removed),
+        "seconds": round(run.seconds, 3),
+    }
+    if destination.is_warehouse:
+        meta["tables"] = dg.MetadataValue.json(run.written.written)
+    if run.empty:
+        meta["note"] = dg.MetadataValue.text("no records in this window")
+    meta["preview"] = dg.MetadataValue.md(run.preview if not run.empty else "No records in this window.")
+    return meta
 
 
 def build_export_job_and_schedule(

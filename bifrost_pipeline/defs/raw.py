@@ -57,7 +57,13 @@ def day_metadata(result: DayResult) -> dict:
         "quarantined_rows": result.quarantined_rows,
         "blank_lines": result.blank_lines,
         "quarantine_share": float(round(result.quarantine_share, 6)),
-        "newest_segment_mtime": float(result.newest_segment_mtime or 0.0),
+        # a timestamp in the UI; its value (epoch seconds, exactly as listed) is what recorded_landing_state
+        # reads back. A day without segments has none.
+        **(
+            {"newest_segment_mtime": dg.MetadataValue.timestamp(float(result.newest_segment_mtime))}
+            if result.newest_segment_mtime
+            else {}
+        ),
     }
 
 
@@ -198,9 +204,9 @@ def recorded_landing_state(instance: dg.DagsterInstance, day: str) -> LandingSta
     meta = result.records[0].asset_materialization.metadata
     segments = meta.get("segments")
     newest = meta.get("newest_segment_mtime")
-    if segments is None or newest is None:
+    if segments is None or (newest is None and int(segments.value) > 0):
         return None
-    return LandingState(int(segments.value), float(newest.value))
+    return LandingState(int(segments.value), float(newest.value) if newest is not None else 0.0)
 
 
 def landing_state(app: AppConfig, day: date) -> LandingState:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from bifrost_pipeline import landing
+# Dagster exports neither the backfill status enum nor the run status groups under a public name.
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
+from bifrost_pipeline import backfill_plans, landing
 from bifrost_pipeline.config import AppConfig, ExportConfig
 from bifrost_pipeline.defs.exports import job_name
 from bifrost_pipeline.defs.partitions import export_partitions, overlapping_partitions, raw_partitions
@@ -22,6 +27,8 @@ if TYPE_CHECKING:
 # How far back the landing sensor looks for days that changed: late segments older than this need a
 # manual backfill (listing years of landing days every 30 s would not scale).
 LOOKBACK_DAYS = 35
+# runs that have not started: they will read the raw day as it is when they do
+WAITING = frozenset({dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING})
 MAX_REQUESTS_PER_TICK = 50
 
 
@@ -92,18 +99,72 @@ def build_reexport_sensor(app: AppConfig, export_jobs: list[UnresolvedAssetJobDe
         result = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=RAW, after_storage_id=after), limit=200, ascending=True
         )
+        if not result.records:
+            return dg.SensorResult(cursor=str(after))
+        busy = Busy.of(context.instance, context.repository_def.asset_graph, exports)
         requests: dict[tuple, dg.RunRequest] = {}
         cursor = after
         for record in result.records:
-            cursor = max(cursor, record.storage_id)
             day = date.fromisoformat(record.partition_key)
-            for export in exports:
-                for request in _reexports(context.instance, app, export, day, record):
+            wanted = [r for e in exports for r in _reexports(context.instance, app, e, day, record)]
+            if any((r.job_name, r.partition_key) in busy.running for r in wanted):
+                # A run of that partition is under way and may have read the raw day before this version:
+                # look again (from this record on) once it is over.
+                break
+            for request in wanted:
+                if (request.job_name, request.partition_key) not in busy.coming:
                     # several raw days of one weekly window updated in one tick: one run for the window
                     requests[(request.job_name, request.partition_key)] = request
+            cursor = record.storage_id
         return dg.SensorResult(run_requests=list(requests.values()), cursor=str(cursor))
 
     return raw_logs_updated_sensor
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Export partitions (job name, partition key) that other work is about to run, or is running.
+
+    `coming`: a queued run, a Dagster backfill that has not yet requested it, a `bifrost-pipeline
+    backfill` that has it in its plan (backfill_plans). Each starts after the raw day was rebuilt, so it
+    reads the new version: requesting one more run would duplicate it. `running`: a run that has started,
+    perhaps before the raw day changed; the sensor waits for it to end, then decides.
+    """
+
+    coming: frozenset[tuple[str, str]]
+    running: frozenset[tuple[str, str]]
+
+    @classmethod
+    def of(cls, instance: dg.DagsterInstance, asset_graph, exports: list[ExportConfig]) -> Busy:
+        jobs = {job_name(e) for e in exports}
+        coming: set[tuple[str, str]] = set(backfill_plans.planned(instance))
+        running: set[tuple[str, str]] = set()
+        for run in instance.get_runs(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES)):
+            key = (run.job_name, run.tags.get("dagster/partition"))
+            if run.job_name in jobs and key[1]:
+                (coming if run.status in WAITING else running).add(key)
+        coming |= _backfill_targets(instance, asset_graph, {dg.AssetKey(e.asset_name): job_name(e) for e in exports})
+        return cls(frozenset(coming), frozenset(running))
+
+
+def _backfill_targets(
+    instance: dg.DagsterInstance, asset_graph, job_of_asset: Mapping[dg.AssetKey, str]
+) -> set[tuple[str, str]]:
+    """Export partitions that a running Dagster backfill (UI or `dagster job backfill`) has yet to request."""
+    out: set[tuple[str, str]] = set()
+    for backfill in instance.get_backfills(status=BulkActionStatus.REQUESTED):
+        if backfill.is_asset_backfill:
+            data = backfill.get_asset_backfill_data(asset_graph)
+            for ap in (data.target_subset - data.requested_subset).iterate_asset_partitions():
+                if ap.asset_key in job_of_asset and ap.partition_key:
+                    out.add((job_of_asset[ap.asset_key], ap.partition_key))
+        elif backfill.job_name in job_of_asset.values() and backfill.partition_names:
+            submitted = {
+                r.tags.get("dagster/partition")
+                for r in instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))
+            }
+            out.update((backfill.job_name, k) for k in backfill.partition_names if k not in submitted)
+    return out
 
 
 def _reexports(
@@ -118,7 +179,7 @@ def _reexports(
         done = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
         )
-        if not done.records or done.records[0].storage_id > raw_record.storage_id:
+        if not done.records or _read_after(instance, done.records[0], raw_record):
             continue  # never exported (its schedule will), or already exported from this raw version
         out.append(
             dg.RunRequest(
@@ -128,6 +189,16 @@ def _reexports(
             )
         )
     return out
+
+
+def _read_after(instance: dg.DagsterInstance, export_record: dg.EventLogRecord, raw_record: dg.EventLogRecord) -> bool:
+    """Whether the export's materialization was made by a run that started after `raw_record`: one that
+    started before may have read the previous version of the day though it finished later."""
+    if export_record.storage_id < raw_record.storage_id:
+        return False
+    run = instance.get_run_record_by_id(export_record.run_id)
+    started = run.start_time if run is not None else None
+    return started is None or started >= raw_record.timestamp
 
 
 def build_sensor_defs(app: AppConfig, jobs: Mapping[str, UnresolvedAssetJobDefinition]) -> dg.Definitions:

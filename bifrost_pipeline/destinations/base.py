@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import string
 from abc import ABC, abstractmethod
@@ -66,6 +67,11 @@ class DestinationContext:
     base_dir: Path  # relative paths of a destination's config (a key file, a DuckDB file) resolve here
     data_dir: Path  # the pipeline's data directory (`local` exports default under it)
     warehouse_path: Path  # the embedded DuckDB warehouse
+    # Where a destination says what it is doing while it waits (a locked file, a slow store); the export
+    # asset passes its run's logger, so these lines reach the run's log in the UI.
+    log: logging.Logger = field(
+        default_factory=lambda: logging.getLogger("bifrost_pipeline.destinations"), compare=False, repr=False
+    )
 
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()

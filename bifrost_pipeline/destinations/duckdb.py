@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -13,7 +14,21 @@ from bifrost_pipeline.destinations.base import (
     DestinationContext,
     PartitionOutput,
 )
-from bifrost_pipeline.destinations.warehouse import PARTITION_COLUMN, Column, SQLDialect, Warehouse
+from bifrost_pipeline.destinations.warehouse import (
+    PARTITION_COLUMN,
+    Column,
+    SQLDialect,
+    Warehouse,
+    first_line,
+)
+
+LOCK_NOTICE_EVERY_S = 10.0  # while a load waits for the warehouse file, a log line this often
+
+
+def holder(err: BaseException) -> str:
+    """Who holds the file, as DuckDB's lock error says (`held in <program> (PID n)`), else its first line."""
+    m = re.search(r"lock is held in (.+?\(PID \d+\))", str(err))
+    return f"held by {m.group(1)}" if m else first_line(err)
 
 
 class DuckDBDialect(SQLDialect):
@@ -40,6 +55,8 @@ class DuckDBConfig(DestinationConfig):
     path: str | None = None  # default: the pipeline's warehouse (pipeline.warehouse)
     schema_name: str = Field("main", alias="schema")
     table: str | None = None  # default: the export's name
+    # How long a load waits for another process (an analyst's connection) to release the file.
+    lock_timeout_s: float = Field(120.0, gt=0)
 
 
 def database_path(config: DuckDBConfig, context: DestinationContext) -> Path:
@@ -63,6 +80,10 @@ class DuckDBDestination(Warehouse):
     def describe(self) -> str:
         return f"duckdb:{self.path}#{self.config.schema_name}.{self.table}"
 
+    def table_ref(self, table: str) -> str:
+        # DuckDB names an attached file's catalog after the file's stem: `warehouse.main.request_logs`.
+        return f"{self.path.stem}.{self.config.schema_name}.{table}"
+
     def driver_errors(self) -> tuple[type[BaseException], ...]:
         import duckdb
 
@@ -78,15 +99,40 @@ class DuckDBDestination(Warehouse):
         import duckdb
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Another run may hold the file (DuckDB allows one writing process): wait for it, boundedly.
-        deadline = time.monotonic() + 120
+        # Another process may hold the file (DuckDB lets one process open it for writing, and any open
+        # connection, even a read-only one, keeps a writer out): wait for it, boundedly, and say so.
+        began = time.monotonic()
+        said = None  # when the last "waiting" line was logged
         while True:
             try:
                 return duckdb.connect(str(self.path))
             except duckdb.IOException as err:
-                if "lock" not in str(err).lower() or time.monotonic() > deadline:
-                    raise self.error(f"cannot open the warehouse: {err}", retryable=True) from None
+                waited = time.monotonic() - began
+                if "lock" not in str(err).lower():
+                    raise self.error(f"cannot open the warehouse {self.path}: {err}", retryable=True) from None
+                if waited >= self.config.lock_timeout_s:
+                    raise self.error(self._lock_timeout_message(waited, err), retryable=True) from None
+                if said is None or time.monotonic() - said >= LOCK_NOTICE_EVERY_S:
+                    self.context.log.warning(self._waiting_message(waited, err))
+                    said = time.monotonic()
                 time.sleep(0.5)
+
+    def _waiting_message(self, waited: float, err: BaseException) -> str:
+        return (
+            f"export {self.export_name!r}: waiting for the DuckDB warehouse {self.path} "
+            f"({waited:.0f}s of at most {self.config.lock_timeout_s:g}s so far): another process holds it "
+            f"open ({holder(err)}). DuckDB lets one process open the file while it writes; an "
+            "analyst's connection, even read-only, keeps the load out. To read without blocking loads, "
+            "query a copy of the file or the export's Parquet files (README, For analysts)."
+        )
+
+    def _lock_timeout_message(self, waited: float, err: BaseException) -> str:
+        return (
+            f"cannot open the warehouse {self.path}: another process held it for {waited:.0f}s "
+            f"(lock_timeout_s is {self.config.lock_timeout_s:g}; {holder(err)}). Close that connection "
+            "(an analyst's session, a second pipeline) and retry; analysts can query a copy of the file "
+            "instead (README, For analysts)"
+        )
 
     def execute(self, session, sql: str, params=()) -> list[tuple]:
         session.execute(sql, list(params))

@@ -155,6 +155,9 @@ class RedshiftDestination(Warehouse):
         c = self.config
         return f"redshift:{c.cluster}/{c.database}.{c.schema_name}.{self.table}"
 
+    def table_ref(self, table: str) -> str:
+        return f"{self.config.database}.{self.config.schema_name}.{table}"
+
     def result_metadata(self) -> dict:
         return {"load_method": self.config.method}
 

@@ -133,7 +133,7 @@ def test_duckdb_adds_a_new_field_as_a_nullable_column(tmp_path):
     dest = DuckDBDestination(DuckDBDestination.Config(path=str(tmp_path / "w.duckdb")), context("daily"))
     dest.write_partition(wd.day_partition("daily", wd.DAYS[0], tmp_path))
     result = dest.write_partition(wd.day_partition("daily", wd.DAYS[1], tmp_path, with_region=True))
-    assert result.written == ["main.daily"] and result.rows == {"request_logs": 10}
+    assert result.written == ["w.main.daily"] and result.rows == {"request_logs": 10}
     with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
         rows = con.execute(
             "SELECT export_partition, count(*), count(region) FROM main.daily GROUP BY 1 ORDER BY 1"
