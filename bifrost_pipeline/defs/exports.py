@@ -7,7 +7,7 @@ import dagster as dg
 
 from bifrost_pipeline.config import AppConfig, ExportConfig
 from bifrost_pipeline.defs.freshness import export_freshness_policy
-from bifrost_pipeline.defs.partitions import export_partitions
+from bifrost_pipeline.defs.partitions import export_partitions, partitioned_check_spec
 from bifrost_pipeline.defs.raw import (
     RAW,
     failed_blocking_checks,
@@ -179,9 +179,10 @@ def build_export_asset(app: AppConfig, export: ExportConfig) -> dg.AssetsDefinit
         freshness_policy=export_freshness_policy(app, export),
         metadata={"destination": destination.describe(), "format": export.data.format},
         check_specs=[
-            dg.AssetCheckSpec(
+            partitioned_check_spec(
                 CHECK_ROWS,
-                asset=export.asset_name,
+                export.asset_name,
+                export_partitions(app, export),
                 description=(
                     "Rows of each dataset read back from the destination (manifest + object sizes, or "
                     "count(*) of the partition) equal the rows selected from raw_logs for the window."

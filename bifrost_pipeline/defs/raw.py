@@ -8,7 +8,7 @@ import dagster as dg
 
 from bifrost_pipeline import landing
 from bifrost_pipeline.config import AppConfig
-from bifrost_pipeline.defs.partitions import raw_partitions
+from bifrost_pipeline.defs.partitions import partitioned_check_spec, raw_partitions
 from bifrost_pipeline.defs.resources import PipelineResource
 from bifrost_pipeline.landing import LandingState
 from bifrost_pipeline.raw_checks import raw_day_stats, schema_failures
@@ -128,7 +128,9 @@ def _checks(app: AppConfig, day: date, result: DayResult) -> list[dg.AssetCheckR
     ]
 
 
-def check_specs() -> list[dg.AssetCheckSpec]:
+def check_specs(partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
+    """The raw_logs checks, partitioned like raw_logs: each day keeps its own result, which the UI shows per
+    partition and an export looks up by day (`failed_blocking_checks`)."""
     descriptions = {
         CHECK_ACCOUNTED: "Every line read is valid, quarantined, a dropped duplicate or blank.",
         CHECK_UNIQUE: "No request_id twice within the day.",
@@ -137,10 +139,12 @@ def check_specs() -> list[dg.AssetCheckSpec]:
         CHECK_QUARANTINE: "Quarantined share of the day's records is under pipeline.quarantine_max_share.",
     }
     return [
-        dg.AssetCheckSpec(
+        partitioned_check_spec(
             name,
-            asset=RAW,
-            description=text + (" Blocking: no export reads the day while it fails." if name in BLOCKING_CHECKS else ""),
+            RAW,
+            partitions,
+            description=text
+            + (" Blocking: no export reads the day while it fails." if name in BLOCKING_CHECKS else ""),
             blocking=name in BLOCKING_CHECKS,
         )
         for name, text in descriptions.items()
@@ -171,7 +175,7 @@ def build_raw_assets(app: AppConfig) -> dg.AssetsDefinition:
                 kinds={"parquet"},
             ),
         ],
-        check_specs=check_specs(),
+        check_specs=check_specs(partitions),
         partitions_def=partitions,
         op_tags={"bifrost/stage": "validate"},
     )
