@@ -211,3 +211,25 @@ def test_a_destination_that_loses_rows_fails_the_check_with_the_numbers(
     assert f"{dataset}: {numbers['at_destination']} at the destination, {numbers['expected']} expected" in (
         check.metadata["mismatch"].value
     )
+
+
+def test_the_cli_backfill_reports_dropped_duplicates_and_stops_on_a_failed_completeness_check(setup, monkeypatch):
+    import io
+    from pathlib import Path
+
+    from bifrost_pipeline.backfill import backfill
+
+    app, _, _, config_path = setup
+    monkeypatch.setenv("DAGSTER_HOME", str(Path(config_path).parent / "dagster_home"))
+    land(app, [record(request_id="a", status="error"), record(request_id="a", status="error")])
+
+    def lossy_destination(app_cfg, export):
+        real = make_destination(app_cfg, export)
+        return FileLosingLocal(real.config, real.context) if export.name == "daily_files" else real
+
+    monkeypatch.setattr("bifrost_pipeline.defs.exports.make_destination", lossy_destination)
+    out = io.StringIO()
+    assert backfill(app, Path(config_path), [date(2024, 1, 15)], out=out) is False
+    text = out.getvalue()
+    assert "1 valid, 0 quarantined, 1 duplicate(s) dropped" in text
+    assert "CHECK FAILED: rows_at_destination_match (error_logs: 0 at the destination, 1 expected)" in text
