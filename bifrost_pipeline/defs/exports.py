@@ -92,7 +92,9 @@ def check_raw_ready(
     if blocked:
         first, last = min(d for d, _ in blocked), max(d for d, _ in blocked)
         raise dg.Failure(
-            description=prefix + "; ".join(text for _, text in blocked) + ". Look at the failed check's result in the UI and at the "
+            description=prefix
+            + "; ".join(text for _, text in blocked)
+            + ". Look at the failed check's result in the UI and at the "
             f"day's quarantine ({app.quarantine_dir}), fix the landed data ({app.landing_root}), then "
             "re-materialize raw_logs for the day and re-run this export: "
             f"{backfill_command(first, last, config_path)}",
@@ -109,7 +111,7 @@ def check_raw_ready(
     if waiting:
         raise dg.Failure(
             description=prefix + "; ".join(waiting) + ". The landing sensor (or the daily raw_logs schedule) "
-            "builds such days; this run is retried.",
+            "builds such days; this run is retried (pipeline.export_retries).",
             allow_retries=True,
         )
 
