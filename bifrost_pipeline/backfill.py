@@ -154,9 +154,11 @@ def _raw_days(defs, instance, days: list[date], out: TextIO, announced: backfill
                 finish(_failure(result))
                 return False
             meta = _meta(result, "validate_landed_day")
+            dropped = meta[RAW].get("duplicates_dropped")
             finish(
-                f"{meta[RAW].get('valid_rows')} valid, {meta[QUARANTINE].get('dagster/row_count')} quarantined "
-                f"({time.monotonic() - t0:.1f}s)"
+                f"{meta[RAW].get('valid_rows')} valid, {meta[QUARANTINE].get('dagster/row_count')} quarantined"
+                + (f", {dropped} duplicate(s) dropped" if dropped else "")
+                + f" ({time.monotonic() - t0:.1f}s)"
             )
     return True
 
@@ -179,8 +181,17 @@ def _exports(
                 finish(_failure(result))
                 return False
             meta = _meta(result, e.asset_name)[dg.AssetKey(e.asset_name)]
+            failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
+            if failed:  # written, but the destination does not hold what was selected: say so, and stop
+                finish("CHECK FAILED: " + "; ".join(_check_text(c) for c in failed))
+                return False
             finish(f"{_rows(meta)} -> {meta.get('location')} ({time.monotonic() - t0:.1f}s)")
     return True
+
+
+def _check_text(check) -> str:
+    mismatch = check.metadata.get("mismatch") or check.metadata.get("error")
+    return f"{check.check_name}" + (f" ({mismatch.value})" if mismatch else "")
 
 
 def _rows(meta: dict) -> str:

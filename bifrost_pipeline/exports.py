@@ -214,6 +214,48 @@ def first_preview(files: list[DatasetFile]) -> str:
     return preview(chosen.dataset, chosen.parquet_path) if chosen else ""
 
 
+def select_records(app: AppConfig, export: ExportConfig, partition_key: str) -> pl.LazyFrame:
+    """The raw_logs records one export partition reads: its window's UTC days, cut to the window, filtered.
+
+    The one selection of an export: the export builds its datasets from it, and its completeness check
+    counts from it again (`expected_rows`)."""
+    start, end = partition_window(export.schedule, partition_key)
+    days = utc_days(start, end)
+    missing = [d for d in days if not raw_path(app, d).exists()]
+    if missing:
+        raise MissingRawData(
+            f"export {export.name!r} partition {partition_key} needs raw_logs for "
+            + ", ".join(d.isoformat() for d in missing)
+            + " (UTC days); materialize those raw_logs partitions first"
+        )
+    lf = scan_raw([raw_path(app, d) for d in days])
+    start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
+    lf = lf.filter((pl.col("timestamp") >= start_utc) & (pl.col("timestamp") < end_utc))
+    return filter_records(lf, export.data.filters, end_utc)
+
+
+def expected_rows(app: AppConfig, export: ExportConfig, partition_key: str, staged: dict[str, int]) -> dict[str, int]:
+    """How many rows each dataset of the partition must have at its destination.
+
+    Datasets of one row per record (request_logs, response_logs, traces; error_logs per error record) are
+    counted again from raw_logs with the export's own selection, in one lazy scan, independently of the
+    files the export staged. Datasets whose rows are computed (metrics, and any dataset under an
+    `aggregate` step) have no count to compare with but their staged file's: `staged` gives those.
+    """
+    aggregated = any(isinstance(step, Aggregate) for step in export.data.transformations)
+    per_record = [d for d in export.data.include if d != "metrics" and not (aggregated and d in RECORD_DATASETS)]
+    counts: dict[str, int] = {}
+    if per_record:
+        records_n, errors_n = (
+            select_records(app, export, partition_key)
+            .select(pl.len(), (pl.col("status") == "error").sum())
+            .collect()
+            .row(0)
+        )
+        counts = {d: int(errors_n if d == "error_logs" else records_n) for d in per_record}
+    return {d: counts[d] if d in counts else staged[d] for d in export.data.include}
+
+
 def run_export(
     app: AppConfig,
     export: ExportConfig,
@@ -230,17 +272,7 @@ def run_export(
     exported_at = exported_at or datetime.now(UTC)
     start, end = partition_window(export.schedule, partition_key)
     days = utc_days(start, end)
-    missing = [d for d in days if not raw_path(app, d).exists()]
-    if missing:
-        raise MissingRawData(
-            f"export {export.name!r} partition {partition_key} needs raw_logs for "
-            + ", ".join(d.isoformat() for d in missing)
-            + " (UTC days); materialize those raw_logs partitions first"
-        )
-    lf = scan_raw([raw_path(app, d) for d in days])
-    start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
-    lf = lf.filter((pl.col("timestamp") >= start_utc) & (pl.col("timestamp") < end_utc))
-    lf = filter_records(lf, export.data.filters, end_utc)
+    lf = select_records(app, export, partition_key)
     variables = {
         "EXPORT_TIMESTAMP": exported_at.isoformat().replace("+00:00", "Z"),
         "EXPORT_VERSION": EXPORT_VERSION,

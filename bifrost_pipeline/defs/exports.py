@@ -1,20 +1,27 @@
 """One asset, one job and one schedule per enabled entry of `log_exports.exports`."""
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from bifrost_pipeline.config import AppConfig, ExportConfig
 from bifrost_pipeline.defs.freshness import export_freshness_policy
-from bifrost_pipeline.defs.partitions import export_partitions
-from bifrost_pipeline.defs.raw import RAW, landing_state, recorded_landing_state
+from bifrost_pipeline.defs.partitions import export_partitions, partitioned_check_spec
+from bifrost_pipeline.defs.raw import (
+    RAW,
+    failed_blocking_checks,
+    landing_state,
+    landing_state_read,
+    latest_raw_materialization,
+    raw_schedule_due,
+)
 from bifrost_pipeline.defs.resources import PipelineResource
 from bifrost_pipeline.destinations.base import Destination, DestinationError
 from bifrost_pipeline.destinations.duckdb import DuckDBDestination
 from bifrost_pipeline.destinations.local import LocalDestination
 from bifrost_pipeline.destinations.object_store import ObjectStoreDestination
-from bifrost_pipeline.exports import ExportRun, make_destination, run_export
+from bifrost_pipeline.exports import ExportRun, expected_rows, make_destination, run_export
 from bifrost_pipeline.windows import partition_window, utc_days
 
 if TYPE_CHECKING:
@@ -31,25 +38,112 @@ def job_name(export: ExportConfig) -> str:
     return f"{export.asset_name}_job"
 
 
-def check_raw_ready(instance: dg.DagsterInstance, app: AppConfig, days: list[date], export: str) -> None:
-    """Fail (to be retried) when a raw_logs day is missing or older than what has landed for it."""
-    problems = []
+# The daily raw schedule's run may start a little late or take a while: until this long after its tick, an
+# export waits (retries) for a day it has not built yet instead of failing.
+RAW_SCHEDULE_GRACE = timedelta(minutes=30)
+CHECK_ROWS = "rows_at_destination_match"
+
+
+def backfill_command(first: date, last: date, config_path: str | None) -> str:
+    config = f" --config {config_path}" if config_path else ""
+    return f"bifrost-pipeline backfill --from {first.isoformat()} --to {last.isoformat()}{config}"
+
+
+def _check_numbers(evaluation: dg.AssetCheckEvaluation) -> str:
+    numbers = [f"{k}={v.value}" for k, v in evaluation.metadata.items() if isinstance(v.value, int | float)]
+    return f" ({', '.join(numbers)})" if numbers else ""
+
+
+def check_raw_ready(
+    instance: dg.DagsterInstance,
+    app: AppConfig,
+    days: list[date],
+    export: str,
+    *,
+    config_path: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Fail when a raw_logs day the export reads is not ready.
+
+    Retried (allow_retries) only when something will make the day ready by itself: segments newer than its
+    materialization or a day never built that has segments (the landing sensor builds both), or a day whose
+    daily raw schedule has not run yet. Not retried, with the command that fixes it: a day whose latest
+    materialization failed a blocking check, or a day never built with nothing landed for it after its
+    schedule's time (nothing will ever build it by itself).
+    """
+    now = now or datetime.now(UTC)
+    waiting, unbuilt, blocked = [], [], []
     for day in days:
-        recorded = recorded_landing_state(instance, day.isoformat())
+        record = latest_raw_materialization(instance, day.isoformat())
         landed = landing_state(app, day)
-        if recorded is None:
-            problems.append(f"raw_logs {day} has never been materialized")
-        elif landed.is_newer_than(recorded):
-            problems.append(
-                f"raw_logs {day} is older than the landing zone (read {recorded.describe()}, "
-                f"now {landed.describe()})"
+        if record is None:
+            if landed.segments == 0 and now >= raw_schedule_due(day) + RAW_SCHEDULE_GRACE:
+                unbuilt.append(day)
+            else:
+                waiting.append(f"raw_logs {day} has never been materialized")
+            continue
+        recorded = landing_state_read(record)
+        if recorded is not None and landed.is_newer_than(recorded):
+            waiting.append(
+                f"raw_logs {day} is older than the landing zone (read {recorded.describe()}, now {landed.describe()})"
             )
-    if problems:
+        failed = failed_blocking_checks(instance, record)
+        if failed:
+            checks = ", ".join(e.check_name + _check_numbers(e) for e in failed)
+            blocked.append((day, f"raw_logs {day} failed its blocking check(s) {checks} (run {record.run_id})"))
+    prefix = f"export {export!r} cannot run: "
+    if blocked:
+        first, last = min(d for d, _ in blocked), max(d for d, _ in blocked)
         raise dg.Failure(
-            description=f"export {export!r} cannot run yet: " + "; ".join(problems)
-            + ". The landing sensor re-materializes such days; or materialize them by hand.",
+            description=prefix
+            + "; ".join(text for _, text in blocked)
+            + ". Look at the failed check's result in the UI and at the "
+            f"day's quarantine ({app.quarantine_dir}), fix the landed data ({app.landing_root}), then "
+            "re-materialize raw_logs for the day and re-run this export: "
+            f"{backfill_command(first, last, config_path)}",
+            allow_retries=False,
+        )
+    if unbuilt:
+        raise dg.Failure(
+            description=prefix
+            + "; ".join(f"raw_logs {d} has never been materialized and nothing has landed for it" for d in unbuilt)
+            + ". No sensor or schedule will build such a day; materialize it (empty days become empty "
+            f"partitions), which also runs this export: {backfill_command(min(unbuilt), max(unbuilt), config_path)}",
+            allow_retries=False,
+        )
+    if waiting:
+        raise dg.Failure(
+            description=prefix + "; ".join(waiting) + ". The landing sensor (or the daily raw_logs schedule) "
+            "builds such days; this run is retried (pipeline.export_retries).",
             allow_retries=True,
         )
+
+
+def completeness_check(
+    app: AppConfig, export: ExportConfig, run: ExportRun, destination: Destination
+) -> dg.AssetCheckResult:
+    """Rows read back from the destination = rows selected from raw_logs for the window, per dataset."""
+    expected = expected_rows(app, export, run.partition_key, run.rows)
+    try:
+        actual = destination.count_rows(run.output, run.written)
+        problem = None
+    except DestinationError as err:
+        actual, problem = {}, str(err)
+    datasets = {
+        d: {"expected": expected[d], "at_destination": actual.get(d, 0), "missing": expected[d] - actual.get(d, 0)}
+        for d in expected
+    }
+    mismatched = {d: n for d, n in datasets.items() if n["missing"] != 0}
+    metadata = {"datasets": dg.MetadataValue.json(datasets)}
+    if mismatched:
+        metadata["mismatch"] = "; ".join(
+            f"{d}: {n['at_destination']} at the destination, {n['expected']} expected" for d, n in mismatched.items()
+        )
+    if problem:
+        metadata["error"] = problem
+    return dg.AssetCheckResult(
+        check_name=CHECK_ROWS, passed=not mismatched and problem is None, metadata=metadata
+    )
 
 
 def raw_mapping(export: ExportConfig) -> dg.PartitionMapping:
@@ -89,12 +183,23 @@ def build_export_asset(app: AppConfig, export: ExportConfig) -> dg.AssetsDefinit
         op_tags=tags,
         freshness_policy=export_freshness_policy(app, export),
         metadata={"destination": destination.describe(), "format": export.data.format},
+        check_specs=[
+            partitioned_check_spec(
+                CHECK_ROWS,
+                export.asset_name,
+                export_partitions(app, export),
+                description=(
+                    "Rows of each dataset read back from the destination (manifest + object sizes, or "
+                    "count(*) of the partition) equal the rows selected from raw_logs for the window."
+                ),
+            )
+        ],
     )
     def _export(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
         app_cfg = pipeline.app()
         cfg = app_cfg.export(export.name)
         start, end = partition_window(cfg.schedule, context.partition_key)
-        check_raw_ready(context.instance, app_cfg, utc_days(start, end), cfg.name)
+        check_raw_ready(context.instance, app_cfg, utc_days(start, end), cfg.name, config_path=pipeline.config_path)
         # the run's logger: what the destination says while it works (e.g. waiting for a locked file) shows
         # in the run's log in the UI
         target = make_destination(app_cfg, cfg, log=context.log)
@@ -106,7 +211,9 @@ def build_export_asset(app: AppConfig, export: ExportConfig) -> dg.AssetsDefinit
             context.log.info(f"{cfg.name} {context.partition_key}: no records in this window")
         else:
             context.log.info(f"{cfg.name} {context.partition_key}: {run.records} record(s) -> {run.written.location}")
-        return dg.MaterializeResult(metadata=export_metadata(run, target))
+        return dg.MaterializeResult(
+            metadata=export_metadata(run, target), check_results=[completeness_check(app_cfg, cfg, run, target)]
+        )
 
     return _export
 

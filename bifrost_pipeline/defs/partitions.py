@@ -40,3 +40,18 @@ def overlapping_partitions(
         if w_start < end and w_end > start:
             out.append(key)
     return out
+
+
+def partitioned_check_spec(
+    name: str, asset: dg.AssetKey | str, partitions: dg.PartitionsDefinition, *, description: str, blocking: bool = False
+) -> dg.AssetCheckSpec:
+    """A check with one result per partition of its asset: the UI shows each partition's result and code
+    looks one up by partition key (defs/raw.failed_blocking_checks). A preview feature of Dagster 1.13,
+    whose warning is silenced here, in one place."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.AssetCheckSpec(
+            name, asset=asset, description=description, blocking=blocking, partitions_def=partitions
+        )

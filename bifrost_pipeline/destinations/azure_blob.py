@@ -188,6 +188,17 @@ class AzureBlobDestination(ObjectStoreDestination):
                     raise
                 return None
 
+    def object_size(self, key: str) -> int | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self.calls(f"reading the properties of {key}"):
+            try:
+                return int(self.container.get_blob_client(key).get_blob_properties().size)
+            except ResourceNotFoundError as err:
+                if getattr(err, "error_code", None) == "ContainerNotFound":
+                    raise
+                return None
+
     def delete(self, keys: Iterable[str]) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 

@@ -200,6 +200,12 @@ class Destination(ABC):
         """Replace the partition's data at the destination with `output`, atomically for readers."""
 
     @abstractmethod
+    def count_rows(self, output: PartitionOutput, result: WriteResult) -> dict[str, int]:
+        """Rows of each dataset of this partition as the destination itself reports them, read back from it
+        after `write_partition` (never taken from `output`'s staged files): what the export's completeness
+        check compares with the rows selected from raw_logs. A dataset the store does not hold counts 0."""
+
+    @abstractmethod
     def describe(self) -> str:
         """Where this destination writes, for the UI and logs; never a secret."""
 
@@ -251,6 +257,10 @@ class FileStoreDestination(Destination):
     def delete(self, keys: Iterable[str]) -> None: ...
 
     @abstractmethod
+    def object_size(self, key: str) -> int | None:
+        """The stored object's size in bytes from its metadata (not its content), or None when it is missing."""
+
+    @abstractmethod
     def uri(self, key: str) -> str: ...
 
     def prefix_for(self, output: PartitionOutput) -> str:
@@ -286,3 +296,20 @@ class FileStoreDestination(Destination):
             removed=[self.uri(k) for k in stale],
             rows={f.dataset: f.rows for f in output.files},
         )
+
+    def count_rows(self, output: PartitionOutput, result: WriteResult) -> dict[str, int]:
+        """The rows the partition's manifest, read back from the store, lists for each dataset; a dataset
+        whose object is missing or not of the listed size counts 0 (its rows cannot be read as written)."""
+        prefix = self.prefix_for(output)
+        data = self.read_bytes(prefix + MANIFEST_NAME)
+        if data is None:
+            return {f.dataset: 0 for f in output.files}
+        try:
+            listed = json.loads(data)["files"]
+            rows = {f["dataset"]: 0 for f in listed}
+            for f in listed:
+                if self.object_size(prefix + f["name"]) == f["bytes"]:
+                    rows[f["dataset"]] = int(f["rows"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise self.error(f"the manifest {self.uri(prefix + MANIFEST_NAME)} is unreadable: {err}") from None
+        return rows

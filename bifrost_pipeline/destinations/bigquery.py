@@ -195,6 +195,9 @@ class BigQueryDestination(Warehouse):
         job = session.query(sql, job_config=config, retry=self._retry(), timeout=self.config.job_timeout)
         return [tuple(r.values()) for r in job.result(timeout=self.config.job_timeout)]
 
+    def partition_param(self, partition_key: str) -> tuple[str, dict]:
+        return "@partition", {"partition": partition_key}
+
     # --- the table step, through the API ---------------------------------------------------------------
 
     def prepare(self, session) -> None:

@@ -138,6 +138,9 @@ class DuckDBDestination(Warehouse):
         session.execute(sql, list(params))
         return session.fetchall() if session.description else []
 
+    def partition_param(self, partition_key: str) -> tuple[str, list]:
+        return "?", [partition_key]
+
     def prepare(self, session) -> None:
         with self.failing(f"cannot create schema {self.config.schema_name}"):
             self.execute(session, f"CREATE SCHEMA IF NOT EXISTS {self.dialect.quote(self.config.schema_name)}")

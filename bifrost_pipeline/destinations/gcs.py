@@ -170,6 +170,11 @@ class GCSDestination(ObjectStoreDestination):
                 # A missing bucket reads as 404 too; the first upload then names it.
                 return None
 
+    def object_size(self, key: str) -> int | None:
+        with self.calls(f"reading the metadata of {key}"):
+            blob = self.bucket.get_blob(key, retry=self.retry, timeout=self.config.timeout)
+            return None if blob is None else int(blob.size)
+
     def delete(self, keys: Iterable[str]) -> None:
         from google.api_core.exceptions import NotFound
 

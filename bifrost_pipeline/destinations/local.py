@@ -69,6 +69,12 @@ class LocalDestination(FileStoreDestination):
         except FileNotFoundError:
             return None
 
+    def object_size(self, key: str) -> int | None:
+        try:
+            return (self.root / key).stat().st_size
+        except FileNotFoundError:
+            return None
+
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:
             (self.root / key).unlink(missing_ok=True)

@@ -172,6 +172,17 @@ class S3Destination(ObjectStoreDestination):
                     return None
                 raise
 
+    def object_size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        with self.calls(f"reading the metadata of {key}"):
+            try:
+                return int(self.client.head_object(Bucket=self.config.bucket, Key=key)["ContentLength"])
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+
     def delete(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys

@@ -160,6 +160,9 @@ class SQLDestination(Warehouse):
         result = session.execute(sa.text(sql), dict(params) if params else None)
         return [tuple(r) for r in result] if result.returns_rows else []
 
+    def partition_param(self, partition_key: str) -> tuple[str, dict]:
+        return ":partition", {"partition": partition_key}
+
     def message(self, err: BaseException) -> str:
         return first_line(getattr(err, "orig", None) or err)
 

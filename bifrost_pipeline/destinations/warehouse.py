@@ -276,6 +276,33 @@ class Warehouse(Destination):
             self.close(session)
         return WriteResult(location=self.describe(), written=tables, rows=rows, metadata=self.result_metadata())
 
+    def count_rows(self, output: PartitionOutput, result: WriteResult) -> dict[str, int]:
+        """`count(*)` of each dataset's table where export_partition is this partition (0: no such table)."""
+        session = self.connect()
+        rows: dict[str, int] = {}
+        try:
+            for f in output.files:
+                name = table_for(self.table, f.dataset)
+                with self.failing(f"counting the rows of {f.dataset} in {self.dialect.fold(name)} failed"):
+                    rows[f.dataset] = self.partition_rows(session, name, output.partition_key)
+        finally:
+            self.close(session)
+        return rows
+
+    def partition_rows(self, session: Any, table: str, partition_key: str) -> int:
+        if not self.column_names(session, table):
+            return 0
+        placeholder, params = self.partition_param(partition_key)
+        sql = (
+            f"SELECT count(*) FROM {self.qualified(table)} "
+            f"WHERE {self.dialect.quote(PARTITION_COLUMN)} = {placeholder}"
+        )
+        return int(self.execute(session, sql, params)[0][0])
+
+    def partition_param(self, partition_key: str) -> tuple[str, Sequence | Mapping]:
+        """The driver's placeholder for one parameter and the parameters to `execute` with it."""
+        return "%s", (partition_key,)
+
     def ensure_table(self, session: Any, table: str, cols: list[Column]) -> None:
         """Create the table when it is missing, else add the columns it lacks (as nullable columns)."""
         with self.ddl(session):

@@ -333,3 +333,17 @@ def check_run_export(store: Store, tmp_path: Path, destination: dict) -> None:
     assert read_back(landed[prefix + "error_logs.csv.gz"], "csv", "gzip")["request_id"].to_list() == ["r3"]
     manifest = json.loads(landed[prefix + "_manifest.json"])
     assert [(f["name"], f["rows"]) for f in manifest["files"]] == [("request_logs.csv.gz", 6), ("error_logs.csv.gz", 1)]
+
+
+def check_count_rows(dest: Destination, tmp_path: Path) -> None:
+    """`count_rows` reads the manifest back from the store and trusts a dataset's rows only while its object
+    is there with the listed size: a deleted or truncated object counts 0, a missing manifest counts 0."""
+    out = output(tmp_path / "count", "parquet", "zstd", {"request_logs": 25, "error_logs": 4, "response_logs": 6})
+    written = dest.write_partition(out)
+    assert dest.count_rows(out, written) == {"request_logs": 25, "error_logs": 4, "response_logs": 6}
+    prefix = dest.prefix_for(out)
+    dest.delete([prefix + "error_logs.parquet"])
+    dest.put_bytes(b"cut short", prefix + "response_logs.parquet")
+    assert dest.count_rows(out, written) == {"request_logs": 25, "error_logs": 0, "response_logs": 0}
+    dest.delete([prefix + "_manifest.json"])
+    assert dest.count_rows(out, written) == {"request_logs": 0, "error_logs": 0, "response_logs": 0}

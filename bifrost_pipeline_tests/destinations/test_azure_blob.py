@@ -192,3 +192,7 @@ def test_run_export_publishes_through_the_core(store, azurite, tmp_path):
         "endpoint": azurite.account_url, "prefix": "core/{year}/{month}/{day}/",
     }}
     cases.check_run_export(store, tmp_path, destination)
+
+
+def test_count_rows_reads_the_manifest_and_object_sizes_back(store, tmp_path):
+    cases.check_count_rows(store.make(store.new_bucket(), prefix=cases.PREFIX), tmp_path)

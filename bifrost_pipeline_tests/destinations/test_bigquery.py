@@ -268,3 +268,13 @@ def test_the_seed_weekly_bigquery_export_materializes_into_bigquery(bq, tmp_path
         errors = expected[(g[0], g[1], g[2])]
         assert int(g[3]) == len(errors) and abs(float(g[4]) - sum(errors) / len(errors)) < 1e-9
         assert g[5] == "2024-01-14"
+
+
+def test_count_rows_reads_the_partition_back_with_count(bq, tmp_path):
+    server, client = bq
+    dest = make(server, table="counted")
+
+    def delete_one(table: str, request_id: str) -> None:
+        client.query(f"DELETE FROM `{PROJECT}.{DATASET}.{table}` WHERE request_id = '{request_id}'").result()
+
+    wd.check_count_rows(dest, tmp_path, delete_one)

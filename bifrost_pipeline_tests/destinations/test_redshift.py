@@ -303,3 +303,12 @@ def test_a_daily_redshift_export_materializes_through_dagster(redshift_standin, 
         expected.append((provider, "2024-01-15", len(mine), errors / len(mine), "2024-01-15"))
     assert [(g[0], str(g[1]), int(g[2]), float(g[3]), g[4]) for g in got] == expected
     assert redshift_standin.postgres.password not in str(result.all_events)
+
+
+def test_count_rows_reads_the_partition_back_with_count(redshift_standin, tmp_path):
+    dest = make(redshift_standin, table="counted")
+
+    def delete_one(table: str, request_id: str) -> None:
+        query(redshift_standin, f"DELETE FROM public.{table} WHERE request_id = %s RETURNING 1", (request_id,))
+
+    wd.check_count_rows(dest, tmp_path, delete_one)

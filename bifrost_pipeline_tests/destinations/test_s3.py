@@ -344,3 +344,7 @@ def test_a_denied_upload_is_named_and_nothing_is_published(moto_s3_auth, tmp_pat
     assert secret not in message
     good = raw_client(moto_s3_auth.server.url, *moto_s3_auth.good)
     assert "Contents" not in good.list_objects_v2(Bucket=moto_s3_auth.bucket, Prefix="ro/")
+
+
+def test_count_rows_reads_the_manifest_and_object_sizes_back(store, tmp_path):
+    cases.check_count_rows(store.make(store.new_bucket(), prefix=cases.PREFIX), tmp_path)

@@ -300,3 +300,12 @@ def test_a_daily_snowflake_export_materializes_through_dagster(snow, tmp_path, m
     assert query(snow, "SELECT COUNT(*) FROM request_logs_e2e_error_logs") == [(3,)]
     assert query(snow, 'SELECT metadata:"x-tenant-id"::VARCHAR FROM request_logs_e2e LIMIT 1') == [("acme",)]
     assert "env-secret-pw-314" not in str(result.all_events)
+
+
+def test_count_rows_reads_the_partition_back_with_count(snow, tmp_path):
+    dest = make(snow, table="counted")
+
+    def delete_one(table: str, request_id: str) -> None:
+        query(snow, f"DELETE FROM {table} WHERE request_id = %s", (request_id,))
+
+    wd.check_count_rows(dest, tmp_path, delete_one)

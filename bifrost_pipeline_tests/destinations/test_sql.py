@@ -236,3 +236,12 @@ def test_files_staged_by_the_export_step_load_as_is(postgres_server, pg_db, tmp_
     assert types["metadata"][0] == "jsonb" and types["timestamp"][0] == "timestamp with time zone"
     assert types["request_id"][0] == "text" and types["latency_ms"][0] == "integer"
     assert count(postgres_server, pg_db, f"staged_{fmt}") == 10
+
+
+def test_count_rows_reads_the_partition_back_with_count(postgres_server, pg_db, tmp_path):
+    dest = make(postgres_server, pg_db, table="counted")
+
+    def delete_one(table: str, request_id: str) -> None:
+        query(postgres_server, pg_db, f'DELETE FROM "{table}" WHERE request_id = %s RETURNING 1', (request_id,))
+
+    wd.check_count_rows(dest, tmp_path, delete_one)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -289,3 +290,18 @@ def materialize_daily(tmp_path: Path, entry: dict, monkeypatch, times: int = 2):
     results = [job.execute_in_process(partition_key="2024-01-15", instance=instance) for _ in range(times)]
     assert all(r.success for r in results)
     return results[-1]
+
+
+def check_count_rows(dest, work: Path, delete_one: Callable[[str, str], None]) -> None:
+    """`count_rows` reads each dataset's rows of one partition back from the store: all of them, one fewer
+    after `delete_one(table, request_id)` removed a row behind the destination's back, and 0 for a dataset
+    whose table does not exist. Other partitions of the table are not counted."""
+    first, second = (day_partition(dest.export_name, d, work / f"count-{d}") for d in DAYS)
+    written = dest.write_partition(first)
+    dest.write_partition(second)
+    assert dest.count_rows(first, written) == {"request_logs": 10}
+    delete_one(dest.config.table or dest.export_name, f"req_{DAYS[0]}_3")
+    assert dest.count_rows(first, written) == {"request_logs": 9}
+    assert dest.count_rows(second, written) == {"request_logs": 10}
+    never = partition(dest.export_name, DAYS[0], [dataset_file(aggregate_table(), "metrics", work / "never")])
+    assert dest.count_rows(never, written) == {"metrics": 0}
