@@ -71,113 +71,167 @@ def _iso(ts: datetime) -> str:
     return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+TOOLS = [("get_weather", "city"), ("search_docs", "query"), ("create_ticket", "summary"), ("lookup_order", "order_id")]
+KEY_NAMES = {"openai": ["openai-a", "openai-b"], "anthropic": ["anthropic-main"]}
+
+
 def generate_day(day: date, n: int, seed: int = 7, *, content: bool = True) -> Iterator[dict]:
     """`n` records with timestamps spread over the UTC day, in time order."""
     rng = random.Random(f"{seed}:{day.isoformat()}")
+    # The schema-version-2 fields draw from their own generator, so the version-1 fields of a seed stay
+    # what they were before version 2 existed.
+    rng_v2 = random.Random(f"{seed}:{day.isoformat()}:v2")
     pricing = Pricing()
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    customers = [f"cust_{i:03d}" for i in range(1, 41)]
-    customer_weights = [1 / (i + 1) ** 0.8 for i in range(len(customers))]
-    teams = ["team_search", "team_support", "team_growth", "team_platform"]
     offsets = sorted(rng.random() * 86_400 for _ in range(n))
     for i, off in enumerate(offsets):
-        provider, model, rtype, endpoint, median = rng.choices(MODELS, MODEL_WEIGHTS)[0]
-        ts = start + timedelta(seconds=off)
-        latency = max(5, int(rng.lognormvariate(math.log(median), 0.45)))
-        is_error = rng.random() < 0.04
-        stream = rtype in ("chat", "responses") and rng.random() < 0.35
-        in_tokens = int(rng.lognormvariate(math.log(350), 0.8)) + 5
-        out_tokens = 0 if rtype in ("embeddings", "transcription", "speech") else int(rng.lognormvariate(math.log(220), 0.7))
-        cached = int(in_tokens * rng.random() * 0.5) if rng.random() < 0.2 else 0
-        reasoning = int(out_tokens * 0.3) if model in ("gpt-4.1",) else 0
-        customer = rng.choices(customers, customer_weights)[0]
-        request_id = f"req_{uuid.UUID(int=rng.getrandbits(128)).hex[:24]}"
-        retries = 0
-        parent = None
-        if is_error and rng.random() < 0.3:
-            retries = rng.randint(1, 3)
-        record = {
-            "schema_version": SCHEMA_VERSION,
-            "timestamp": _iso(ts),
-            "ended_at": _iso(ts + timedelta(milliseconds=latency)),
-            "request_id": request_id,
-            "parent_request_id": parent,
-            "customer_id": customer,
-            "user_id": f"user_{rng.randint(1, 400):04d}",
-            "team_id": rng.choice(teams),
-            "virtual_key_id": f"vk_{customers.index(customer) % 12:02d}",
-            "provider": provider,
-            "model": model,
-            "endpoint": endpoint,
-            "method": "POST",
-            "request_type": rtype,
-            "stream": stream,
-            "status": "error" if is_error else "success",
-            "status_code": 200,
-            "error_type": None,
-            "error_message": None,
-            "finish_reason": None,
-            "retries": retries,
-            "fallback_index": 1 if retries and rng.random() < 0.5 else 0,
-            "latency_ms": latency,
-            "time_to_first_token_ms": int(latency * rng.uniform(0.08, 0.3)) if stream else None,
-            "input_tokens": in_tokens,
-            "output_tokens": out_tokens,
-            "total_tokens": in_tokens + out_tokens,
-            "cached_tokens": cached,
-            "reasoning_tokens": reasoning,
-            "cost_usd": pricing.cost(provider, model, in_tokens, out_tokens),
-            "metadata": {
-                "x-tenant-id": customer.replace("cust_", "tenant-"),
-                "env": rng.choices(["production", "staging"], [9, 1])[0],
-                "region": rng.choice(["us-east-1", "eu-west-1", "ap-south-1"]),
-            },
-            "input_content": None,
-            "output_content": None,
-        }
-        if is_error:
-            code, etype, message = rng.choice(ERRORS)
-            record.update(
-                status_code=code,
-                error_type=etype,
-                error_message=message,
-                output_tokens=0,
-                total_tokens=in_tokens,
-                cost_usd=0.0 if record["cost_usd"] is not None else None,
-            )
-        else:
-            record["finish_reason"] = rng.choices(["stop", "length", "tool_calls"], [90, 6, 4])[0] if rtype in (
-                "chat",
-                "responses",
-                "text_completion",
-            ) else None
+        record = _record(rng, pricing, start + timedelta(seconds=off))
         if content:
-            prompt = _text(rng, rng.randint(40, 120))
-            record["input_content"] = orjson.dumps(
-                [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": prompt}]
-            ).decode()
-            if not is_error:
-                record["output_content"] = orjson.dumps(
-                    [{"role": "assistant", "content": _text(rng, rng.randint(40, 140))}]
-                ).decode()
+            _add_content(rng, record)
+        _add_v2(rng_v2, record)
         yield record
-        if is_error and retries and i % 3 == 0:
-            # the retry that succeeded, linked to the failed first attempt
-            retry = dict(record)
-            retry.update(
-                request_id=request_id + "_r1",
-                parent_request_id=request_id,
-                status="success",
-                status_code=200,
-                error_type=None,
-                error_message=None,
-                timestamp=_iso(min(ts + timedelta(milliseconds=latency + 50), start + timedelta(seconds=86_399))),
-                fallback_index=1,
-                output_tokens=out_tokens,
-                total_tokens=in_tokens + out_tokens,
-                cost_usd=pricing.cost(provider, model, in_tokens, out_tokens),
-            )
-            yield retry
+        if record["status"] == "error" and record["retries"] and i % 3 == 0:
+            yield _successful_retry(record, pricing, start)
+
+
+CUSTOMERS = [f"cust_{i:03d}" for i in range(1, 41)]
+CUSTOMER_WEIGHTS = [1 / (i + 1) ** 0.8 for i in range(len(CUSTOMERS))]
+TEAMS = ["team_search", "team_support", "team_growth", "team_platform"]
+
+
+def _record(rng: random.Random, pricing: Pricing, ts: datetime) -> dict:
+    """One request's version-1 fields (no content)."""
+    provider, model, rtype, endpoint, median = rng.choices(MODELS, MODEL_WEIGHTS)[0]
+    latency = max(5, int(rng.lognormvariate(math.log(median), 0.45)))
+    is_error = rng.random() < 0.04
+    stream = rtype in ("chat", "responses") and rng.random() < 0.35
+    in_tokens = int(rng.lognormvariate(math.log(350), 0.8)) + 5
+    out_tokens = 0 if rtype in ("embeddings", "transcription", "speech") else int(rng.lognormvariate(math.log(220), 0.7))
+    cached = int(in_tokens * rng.random() * 0.5) if rng.random() < 0.2 else 0
+    reasoning = int(out_tokens * 0.3) if model in ("gpt-4.1",) else 0
+    customer = rng.choices(CUSTOMERS, CUSTOMER_WEIGHTS)[0]
+    request_id = f"req_{uuid.UUID(int=rng.getrandbits(128)).hex[:24]}"
+    retries = rng.randint(1, 3) if is_error and rng.random() < 0.3 else 0
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "timestamp": _iso(ts),
+        "ended_at": _iso(ts + timedelta(milliseconds=latency)),
+        "request_id": request_id,
+        "parent_request_id": None,
+        "customer_id": customer,
+        "user_id": f"user_{rng.randint(1, 400):04d}",
+        "team_id": rng.choice(TEAMS),
+        "virtual_key_id": f"vk_{CUSTOMERS.index(customer) % 12:02d}",
+        "provider": provider,
+        "model": model,
+        "endpoint": endpoint,
+        "method": "POST",
+        "request_type": rtype,
+        "stream": stream,
+        "status": "error" if is_error else "success",
+        "status_code": 200,
+        "error_type": None,
+        "error_message": None,
+        "finish_reason": None,
+        "retries": retries,
+        "fallback_index": 1 if retries and rng.random() < 0.5 else 0,
+        "latency_ms": latency,
+        "time_to_first_token_ms": int(latency * rng.uniform(0.08, 0.3)) if stream else None,
+        "input_tokens": in_tokens,
+        "output_tokens": out_tokens,
+        "total_tokens": in_tokens + out_tokens,
+        "cached_tokens": cached,
+        "reasoning_tokens": reasoning,
+        "cost_usd": pricing.cost(provider, model, in_tokens, out_tokens),
+        "metadata": {
+            "x-tenant-id": customer.replace("cust_", "tenant-"),
+            "env": rng.choices(["production", "staging"], [9, 1])[0],
+            "region": rng.choice(["us-east-1", "eu-west-1", "ap-south-1"]),
+        },
+        "input_content": None,
+        "output_content": None,
+    }
+    if is_error:
+        code, etype, message = rng.choice(ERRORS)
+        record.update(
+            status_code=code,
+            error_type=etype,
+            error_message=message,
+            output_tokens=0,
+            total_tokens=in_tokens,
+            cost_usd=0.0 if record["cost_usd"] is not None else None,
+        )
+    elif rtype in ("chat", "responses", "text_completion"):
+        record["finish_reason"] = rng.choices(["stop", "length", "tool_calls"], [90, 6, 4])[0]
+    return record
+
+
+def _add_content(rng: random.Random, record: dict) -> None:
+    prompt = _text(rng, rng.randint(40, 120))
+    record["input_content"] = orjson.dumps(
+        [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": prompt}]
+    ).decode()
+    if record["status"] != "error":
+        record["output_content"] = orjson.dumps(
+            [{"role": "assistant", "content": _text(rng, rng.randint(40, 140))}]
+        ).decode()
+
+
+def _add_v2(rng: random.Random, record: dict) -> None:
+    """Schema version 2: parameters, tools and tool calls, sizes, the attempt trail."""
+    rtype = record["request_type"]
+    if rtype in ("chat", "responses", "text_completion"):
+        params = {"model": record["model"], "temperature": rng.choice([0.0, 0.2, 0.7, 1.0]),
+                  "max_tokens": rng.choice([256, 512, 1024, 4096])}
+        record.update(temperature=params["temperature"], max_tokens=params["max_tokens"],
+                      request_params=orjson.dumps(params).decode())
+        if rtype != "text_completion" and rng.random() < 0.25:
+            offered = rng.sample(TOOLS, rng.randint(1, 3))
+            record["tool_names"] = [name for name, _ in offered]
+            record["tool_definitions"] = orjson.dumps([
+                {"type": "function", "function": {"name": name, "parameters": {
+                    "type": "object", "properties": {arg: {"type": "string"}}, "required": [arg]}}}
+                for name, arg in offered
+            ]).decode()
+            record["tool_choice"] = "auto"
+            if record["finish_reason"] == "tool_calls" or rng.random() < 0.3:
+                name, arg = rng.choice(offered)
+                call_id = f"call_{rng.getrandbits(48):012x}"
+                record.update(tool_call_names=[name], tool_call_count=1,
+                              tool_calls=[{"id": call_id, "name": name, "arguments": orjson.dumps(
+                                  {arg: _text(rng, 2)}).decode()}])
+    record["request_bytes"] = len(record["input_content"] or "") + rng.randint(120, 600)
+    record["response_bytes"] = len(record["output_content"] or "") + rng.randint(200, 900)
+    keys = KEY_NAMES.get(record["provider"], [f"{record['provider']}-main"])
+    trail = [
+        {"provider": record["provider"], "model": record["model"], "key_name": rng.choice(keys),
+         "status_code": 503 if n < record["retries"] else record["status_code"],
+         "error_type": "service_unavailable" if n < record["retries"] else record["error_type"],
+         "error_message": None, "latency_ms": record["latency_ms"] // (record["retries"] + 1)}
+        for n in range(record["retries"] + 1)
+    ]
+    record["attempts"] = trail
+
+
+def _successful_retry(record: dict, pricing: Pricing, day_start: datetime) -> dict:
+    """The retry that succeeded, linked to the failed first attempt."""
+    retry = dict(record)
+    ts = datetime.fromisoformat(record["ended_at"].replace("Z", "+00:00")) + timedelta(milliseconds=50)
+    in_tokens, out_tokens = record["input_tokens"], max(1, record["input_tokens"] // 2)
+    retry.update(
+        request_id=record["request_id"] + "_r1",
+        parent_request_id=record["request_id"],
+        status="success",
+        status_code=200,
+        error_type=None,
+        error_message=None,
+        timestamp=_iso(min(ts, day_start + timedelta(seconds=86_399))),
+        fallback_index=1,
+        output_tokens=out_tokens,
+        total_tokens=in_tokens + out_tokens,
+        cost_usd=pricing.cost(record["provider"], record["model"], in_tokens, out_tokens),
+    )
+    return retry
 
 
 def land_day(

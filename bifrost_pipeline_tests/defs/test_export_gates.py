@@ -195,8 +195,8 @@ def test_a_destination_that_loses_rows_fails_the_check_with_the_numbers(
     for d in range(14, 22):
         run_raw(defs, instance, f"2024-01-{d:02d}")
 
-    def lossy_destination(app_cfg, export):
-        real = make_destination(app_cfg, export)
+    def lossy_destination(app_cfg, export, log=None):
+        real = make_destination(app_cfg, export, log)
         return lossy(real.config, real.context)
 
     monkeypatch.setattr("bifrost_pipeline.defs.exports.make_destination", lossy_destination)
@@ -223,8 +223,8 @@ def test_the_cli_backfill_reports_dropped_duplicates_and_stops_on_a_failed_compl
     monkeypatch.setenv("DAGSTER_HOME", str(Path(config_path).parent / "dagster_home"))
     land(app, [record(request_id="a", status="error"), record(request_id="a", status="error")])
 
-    def lossy_destination(app_cfg, export):
-        real = make_destination(app_cfg, export)
+    def lossy_destination(app_cfg, export, log=None):
+        real = make_destination(app_cfg, export, log)
         return FileLosingLocal(real.config, real.context) if export.name == "daily_files" else real
 
     monkeypatch.setattr("bifrost_pipeline.defs.exports.make_destination", lossy_destination)
