@@ -192,6 +192,24 @@ def daemon(pg_instance_env, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    # Code servers that Dagster started in a session of their own outlive a daemon that did not stop
+    # cleanly: end each process that runs on this test's DAGSTER_HOME, by its PID.
+    for pid in _processes_with_env("DAGSTER_HOME", pg_instance_env["DAGSTER_HOME"]):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _processes_with_env(name: str, value: str) -> list[int]:
+    wanted = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 @pytest.mark.timeout(DEADLINE_S + 300)
