@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip uv
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[proxy,cloud,test]'
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[proxy,cloud,deploy,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -24,6 +24,10 @@ def build_definitions(app: AppConfig, path: str) -> dg.Definitions:
         build_alert_defs(app),
         build_retention_defs(app),
         build_resources(path),
+        # Every job is one step (a raw day, an export partition, retention): the default multiprocess
+        # executor would start a second Python process per run for nothing (seconds of imports, twice the
+        # memory of a run pod). Runs run in parallel with each other through the run queue instead.
+        dg.Definitions(executor=dg.in_process_executor),
     )
 
 

@@ -17,6 +17,7 @@ from bifrost_pipeline.defs.raw import (
     raw_schedule_due,
 )
 from bifrost_pipeline.defs.resources import PipelineResource
+from bifrost_pipeline.destinations import destination_class
 from bifrost_pipeline.destinations.base import Destination, DestinationError
 from bifrost_pipeline.destinations.duckdb import DuckDBDestination
 from bifrost_pipeline.destinations.local import LocalDestination
@@ -36,6 +37,14 @@ if TYPE_CHECKING:
 
 def job_name(export: ExportConfig) -> str:
     return f"{export.asset_name}_job"
+
+
+def warehouse_tags(export: ExportConfig) -> dict[str, str]:
+    """`bifrost/warehouse: <type>` for a warehouse export: the instance's QueuedRunCoordinator lets one run
+    per value run at a time (dagster.yaml, deploy/). It must be a run tag (set on the job, so schedules,
+    sensors and `dagster job backfill` runs carry it): the run queue never sees op tags."""
+    kind = export.destination.type
+    return {"bifrost/warehouse": kind} if destination_class(kind).is_warehouse else {}
 
 
 # The daily raw schedule's run may start a little late or take a while: until this long after its tick, an
@@ -161,7 +170,6 @@ def raw_mapping(export: ExportConfig) -> dg.PartitionMapping:
 def build_export_asset(app: AppConfig, export: ExportConfig) -> dg.AssetsDefinition:
     kind = export.destination.type
     destination = make_destination(app, export)
-    tags = {"bifrost/warehouse": kind} if destination.is_warehouse else {}
 
     @dg.asset(
         name=export.asset_name,
@@ -180,7 +188,7 @@ def build_export_asset(app: AppConfig, export: ExportConfig) -> dg.AssetsDefinit
             delay=app.pipeline.export_retry_delay_s,
             backoff=dg.Backoff.EXPONENTIAL,
         ),
-        op_tags=tags,
+        op_tags=warehouse_tags(export),
         freshness_policy=export_freshness_policy(app, export),
         metadata={"destination": destination.describe(), "format": export.data.format},
         check_specs=[
@@ -298,6 +306,7 @@ def build_export_job_and_schedule(
         job_name(export),
         selection=dg.AssetSelection.assets(export.asset_name),
         partitions_def=export_partitions(app, export),
+        tags=warehouse_tags(export),
     )
     s = export.schedule
     schedule = dg.build_schedule_from_partitioned_job(
