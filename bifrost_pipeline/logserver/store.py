@@ -33,7 +33,7 @@ from bifrost_pipeline.config import AppConfig
 from bifrost_pipeline.landing.layout import DAY_DIR, HOUR_DIR, PART_SUFFIX, SEGMENT_SUFFIX
 from bifrost_pipeline.logserver.filters import LogFilter, Page
 
-_DUCK_TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMPTZ", "int32": "INTEGER", "double": "DOUBLE",
+_DUCK_TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMPTZ", "int32": "INTEGER", "int64": "BIGINT", "double": "DOUBLE",
                "bool": "BOOLEAN", "json": "JSON"}  # fmt: skip
 # The record's content: left out of lists, hidden when content logging is off or the key may not see it.
 # Any field named *_content counts too, and the tool calls made (their arguments are content), so fields the
