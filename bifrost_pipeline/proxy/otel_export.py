@@ -28,7 +28,7 @@ import orjson
 
 from bifrost_pipeline.config.otel import OtelConfig
 
-from .otlp import BIFROST_FIELDS, REQUEST_PARAM_ATTRIBUTES
+from .otlp import BIFROST_FIELDS, JSON_FIELDS, REQUEST_PARAM_ATTRIBUTES
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -80,7 +80,8 @@ def span_attributes(
     if server is not None:
         a["server.address"], a["server.port"] = server
     for field in BIFROST_FIELDS:
-        a["bifrost." + field] = _attribute(rec.get(field))  # type: ignore[misc]
+        value = rec.get(field)  # type: ignore[misc]
+        a["bifrost." + field] = orjson.dumps(value).decode() if field in JSON_FIELDS and value is not None else _attribute(value)
     for key, value in (rec.get("metadata") or {}).items():
         a["bifrost.metadata." + key] = value
     if content:
@@ -256,7 +257,7 @@ class OtelExport:
         """Send what is queued, waiting at most otel.shutdown_timeout_s per signal."""
         timeout_ms = int(self.cfg.shutdown_timeout_s * 1000)
         if self.processor is not None:
-            self.processor.shutdown(timeout_millis=timeout_ms)
+            self.processor.shutdown_within(timeout_ms)
         if self.reader is not None:
             self.reader.shutdown(timeout_millis=timeout_ms)
 

@@ -106,6 +106,10 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             self._dropped.inc()
         super().on_end(span)
 
+    def shutdown_within(self, timeout_millis: int) -> None:
+        """Send what is queued, for at most ``timeout_millis`` (the SDK's shutdown() waits up to 30 s)."""
+        self._batch_processor.shutdown(timeout_millis=timeout_millis)
+
 
 def _span_exporter(cfg: OtelConfig, args: dict[str, Any]) -> SpanExporter:
     if cfg.protocol == "grpc":

@@ -589,4 +589,6 @@ def _bifrost_fields(a: dict) -> dict[str, Any]:
             except orjson.JSONDecodeError:
                 continue  # the record's check names the field
         out[field] = list(v) if isinstance(v, tuple) else v
+    if out.get("attempts") == []:  # refused before any provider was tried: no retry, no fallback (as sent)
+        out["retries"] = out["fallback_index"] = None
     return out
