@@ -16,7 +16,10 @@ proxy under test and the load generator compete for the CPU, as they would in an
 At the end our proxy is stopped with SIGTERM and the records in its landing zone are counted against the
 requests it was sent (all of them, warm-up included).
 
-    .venv/bin/python bench/proxy_bench.py [--rates 200 500] [--duration 10] [--no-litellm]
+    .venv/bin/python bench/proxy_bench.py [--rates 200 500] [--duration 10] [--no-litellm] [--otel]
+
+With ``--otel`` the proxy exports a span per request (and pushes its metrics every 5 s) over OTLP/HTTP to
+a sink in this process that accepts every export and discards it: the added latency with export on.
 
 Loops are bounded (rate x duration requests per target and rate; per-request timeout) and every server is
 started on 127.0.0.1 and stopped by its process id.
@@ -315,6 +318,27 @@ def ensure_litellm() -> Path | None:
 # --- the benchmark --------------------------------------------------------------------------------------------
 
 
+def start_otlp_sink():
+    """An OTLP/HTTP collector that accepts every export and discards it (a thread of this process)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -332,6 +356,9 @@ def main() -> None:
     )
     p.add_argument(
         "--pin", action="store_true", help="client side on CPU 0, the proxy under test (and LiteLLM) on CPU 1"
+    )
+    p.add_argument(
+        "--otel", action="store_true", help="OTLP export on (spans and metrics), to a local sink that discards them"
     )
     p.add_argument("--loadgen", help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
@@ -362,9 +389,15 @@ def main() -> None:
 
         landing = work / "landing"
         cfg = work / "proxy.json"
+        otel = {}
+        if args.otel:
+            sink, sink_url = start_otlp_sink()
+            otel = {"otel": {"enabled": True, "endpoint": sink_url, "metrics": {"enabled": True, "interval_s": 5}}}
+            print(f"OTLP export on, to a discarding sink at {sink_url}")
         cfg.write_text(
             json.dumps(
                 {
+                    **otel,
                     "providers": {
                         "openai": {
                             "base_url": mock_url + "/v1",

@@ -3,8 +3,8 @@
 One file, in the spirit of Bifrost's ``config.json`` (JSON or YAML): ``log_exports`` (the log export
 format of Bifrost's docs), ``client`` (logging headers, required headers, Prometheus labels, content
 logging), ``providers`` and ``proxy`` (the ingestion proxy), ``landing`` (where segments land),
-``pipeline`` (where the pipeline keeps its data, and how long), ``alerts`` (webhooks, freshness grace) and
-``logs`` (the log server).
+``pipeline`` (where the pipeline keeps its data, and how long), ``alerts`` (webhooks, freshness grace),
+``logs`` (the log server) and ``otel`` (OTLP traces and metrics sent out by the proxy).
 Its path comes from ``BIFROST_PIPELINE_CONFIG``, default ``bifrost_pipeline.yaml`` in the working directory.
 
 - ``loading``: decoding, ``${VAR}`` substitution, checking, and reporting every problem with its path;
@@ -12,6 +12,7 @@ Its path comes from ``BIFROST_PIPELINE_CONFIG``, default ``bifrost_pipeline.yaml
 - ``proxy``: ``client``, ``providers`` and ``proxy``;
 - ``alerts``: the ``alerts`` section (webhooks, the UI's address, the freshness grace);
 - ``logserver``: the ``logs`` section (the log server: address, API keys, live stream bounds);
+- ``otel``: the ``otel`` section (the proxy's OTLP export: collector, headers, TLS, content, batching);
 - ``app``: ``landing``, ``pipeline`` and ``AppConfig``, the whole file with the paths it names.
 
 Import from here (``from bifrost_pipeline.config import AppConfig``); the modules are the layout.
@@ -56,6 +57,7 @@ from bifrost_pipeline.config.loading import (
     substitute_env,
 )
 from bifrost_pipeline.config.logserver import LogsApiKey, LogsConfig
+from bifrost_pipeline.config.otel import OtelConfig, OtelMetricsConfig, OtelTracesConfig
 from bifrost_pipeline.config.proxy import ClientConfig, ModelPrice, ProviderConfig, ProxyConfig
 
 __all__ = [
@@ -90,6 +92,9 @@ __all__ = [
     "LogsApiKey",
     "LogsConfig",
     "ModelPrice",
+    "OtelConfig",
+    "OtelMetricsConfig",
+    "OtelTracesConfig",
     "PipelineConfig",
     "ProviderConfig",
     "ProxyConfig",

@@ -14,6 +14,7 @@ from bifrost_pipeline.config.alerts import AlertsConfig
 from bifrost_pipeline.config.base import Strict
 from bifrost_pipeline.config.exports import ExportConfig, LogExports
 from bifrost_pipeline.config.logserver import LogsConfig
+from bifrost_pipeline.config.otel import OtelConfig
 from bifrost_pipeline.config.proxy import ClientConfig, ProviderConfig, ProxyConfig
 from bifrost_pipeline.destinations.base import DestinationContext
 
@@ -61,6 +62,7 @@ class AppConfig(Strict):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     logs: LogsConfig = Field(default_factory=LogsConfig)
+    otel: OtelConfig = Field(default_factory=OtelConfig)
     # Where relative paths are resolved from: the config file's directory.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

@@ -17,6 +17,7 @@ from bifrost_pipeline.config import AppConfig
 from .asgi import Metered, Receive, Scope, Send, error_body, send_whole
 from .intake_http import IntakeEndpoints
 from .metrics import PROM_HEADER_PREFIX, Metrics
+from .otel_export import OtelExport, servers_of
 from .pricing import Pricing
 from .protocol import ENDPOINTS, video_call
 from .proxied import Forwarder
@@ -42,7 +43,10 @@ class ProxyApp:
         self.router = Router(app.providers)
         self.writer = self._landing_writer(app)
         rules = RecordRules(self.pricing, keep_content=not app.client.disable_content_logging)
-        self.forwarder = Forwarder(app, router=self.router, writer=self.writer, metrics=self.metrics, rules=rules)
+        self.otel = self._otel_export(app)
+        self.forwarder = Forwarder(
+            app, router=self.router, writer=self.writer, metrics=self.metrics, rules=rules, otel=self.otel
+        )
         self.intake = IntakeEndpoints(app, writer=self.writer, metrics=self.metrics, pricing=self.pricing)
         self.inflight = 0
         self._idle = asyncio.Event()
@@ -67,6 +71,17 @@ class ProxyApp:
             on_wait=self.metrics.queue_waits.inc,
             on_error=self.metrics.landing_errors.inc,
             on_lost=self.metrics.records_lost.inc,
+        )
+
+    def _otel_export(self, app: AppConfig) -> OtelExport | None:
+        if not app.otel.enabled:
+            return None
+        return OtelExport(
+            app.otel,
+            self.metrics,
+            servers=servers_of(app.providers),
+            keep_content=not app.client.disable_content_logging,
+            max_metadata=app.client.max_logging_headers,
         )
 
     def use_mock_at(self, base_url: str) -> None:
@@ -159,6 +174,8 @@ class ProxyApp:
 
     async def startup(self) -> None:
         await self.forwarder.open()
+        if self.otel is not None:
+            self.otel.start()  # here, not in __init__: its threads must start in the (forked) worker
         recovered = self.writer.start(asyncio.get_running_loop())
         log.info("landing records in %s (%d segment(s) recovered)", self.writer.root, len(recovered))
 
@@ -169,6 +186,8 @@ class ProxyApp:
         except TimeoutError:
             log.error("%d request(s) still running at shutdown", self.inflight)
         await self.forwarder.close()
+        if self.otel is not None:
+            await asyncio.to_thread(self.otel.shutdown)
         await self.writer.aclose()
         log.info(
             "landing writer closed: %d record(s) submitted, %d written",

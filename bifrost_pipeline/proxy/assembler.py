@@ -52,6 +52,8 @@ class StreamAssembler:
         "sent_bytes",
         "calls",
         "pending",
+        "response_id",
+        "response_model",
     )
 
     def __init__(self, request_type: str, hide_usage: bool):
@@ -73,6 +75,8 @@ class StreamAssembler:
         # (choice index, tool call index), the responses API by item id. None until the first one.
         self.calls: dict[Any, list] | None = None
         self.pending = b""  # the start of an event whose end has not come yet
+        self.response_id: Any = None  # the answer's id and model, as its first chunk says (OTLP spans)
+        self.response_model: Any = None
 
     def _token(self, now: float) -> None:
         if self.first_token is None:
@@ -132,6 +136,8 @@ class StreamAssembler:
 
     def _completion_chunk(self, obj: dict, choices: list, now: float) -> bool:
         """A chat or text completion chunk (``choices``), or its final usage chunk (no choices)."""
+        if self.response_id is None:
+            self.response_id, self.response_model = obj.get("id"), obj.get("model")
         if choices and isinstance(choices[0], dict):
             c = choices[0]
             delta = c.get("delta")
@@ -216,6 +222,8 @@ class StreamAssembler:
                 self.first_token = now
         resp = obj.get("response")
         if isinstance(resp, dict):
+            if self.response_id is None:
+                self.response_id, self.response_model = resp.get("id"), resp.get("model")
             if isinstance(resp.get("usage"), dict):
                 self.usage = resp["usage"]
             if resp.get("status"):

@@ -216,6 +216,25 @@ class Metrics:
             ("what",),
             registry=r,
         )
+        # OTLP export (config otel): spans never slow a request, so the ones that could not leave are counted.
+        self.otel_spans_exported = Counter(
+            "bifrost_proxy_otel_spans_exported_total",
+            "Spans of proxied requests accepted by the OTLP collector",
+            registry=r,
+        )
+        self.otel_spans_dropped = Counter(
+            "bifrost_proxy_otel_spans_dropped_total",
+            "Spans of proxied requests not exported: queue_full (the export queue was full: the collector is "
+            "slow or down) or export_failed (the collector refused them or could not be reached, after retries)",
+            ("reason",),
+            registry=r,
+        )
+        self.otel_export_failures = Counter(
+            "bifrost_proxy_otel_export_failures_total",
+            "Failed OTLP export calls, by signal (traces, metrics)",
+            ("signal",),
+            registry=r,
+        )
 
     def custom_values(self, headers: dict[str, str]) -> tuple[str, ...]:
         """Values of the configured custom labels from ``x-bf-prom-<name>`` headers ("" when absent)."""

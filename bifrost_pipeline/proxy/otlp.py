@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from .capture import tool_name
 from .protocol import DEFAULT_ENDPOINT
 from .record import base_record, json_text, usage_fields
 
@@ -94,6 +95,7 @@ def decode_protobuf(body: bytes) -> list[dict]:
                         "name": s.name,
                         "trace_id": s.trace_id.hex(),
                         "span_id": s.span_id.hex(),
+                        "parent_span_id": s.parent_span_id.hex(),
                         "start_ns": s.start_time_unix_nano,
                         "end_ns": s.end_time_unix_nano,
                         "status_code": s.status.code,
@@ -119,6 +121,7 @@ def _json_span(s: dict, resource: dict) -> dict:
         "name": s.get("name", ""),
         "trace_id": str(s.get("traceId", s.get("trace_id", ""))).lower(),
         "span_id": str(s.get("spanId", s.get("span_id", ""))).lower(),
+        "parent_span_id": str(s.get("parentSpanId", s.get("parent_span_id", "")) or "").lower(),
         "start_ns": int(s.get("startTimeUnixNano", s.get("start_time_unix_nano", 0)) or 0),
         "end_ns": int(s.get("endTimeUnixNano", s.get("end_time_unix_nano", 0)) or 0),
         "status_code": _STATUS_NAMES.get(code, 0) if isinstance(code, str) else int(code),
@@ -462,4 +465,130 @@ def span_to_record(span: dict, *, customer_id: str, content: bool, pricing) -> d
         out = _first(a, "gen_ai.output.messages", "gen_ai.completion", "gen_ai.response.messages")
         rec["input_content"] = _content(inp)
         rec["output_content"] = _content(out)
+    rec.update(_trace_fields(span))
+    rec.update(_request_params(a))
+    rec.update(_tool_fields(a, content))
+    rec.update(_bifrost_fields(a))
     return rec
+
+
+# --- schema version 2 fields ------------------------------------------------------------------------------
+
+# record field -> the GenAI conventions' request attribute (the proxy's OTLP export writes the same names)
+REQUEST_PARAM_ATTRIBUTES = {
+    "temperature": "gen_ai.request.temperature",
+    "top_p": "gen_ai.request.top_p",
+    "max_tokens": "gen_ai.request.max_tokens",
+    "seed": "gen_ai.request.seed",
+    "n": "gen_ai.request.choice.count",
+    "presence_penalty": "gen_ai.request.presence_penalty",
+    "frequency_penalty": "gen_ai.request.frequency_penalty",
+    "stop": "gen_ai.request.stop_sequences",
+}
+_FLOAT_PARAMS = frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty"})
+
+# Record fields the conventions do not name, sent by this project's proxy as ``bifrost.<field>`` (see
+# otel_export) and read back here, so that a span from another bifrost proxy lands as the record it was.
+BIFROST_FIELDS = (
+    "parent_request_id", "user_id", "team_id", "virtual_key_id", "endpoint", "request_type", "stream",
+    "retries", "fallback_index", "latency_ms", "time_to_first_token_ms", "total_tokens",
+    "response_format_type", "tool_choice", "parallel_tool_calls", "reasoning_effort", "request_params",
+    "tool_names", "tool_call_names", "tool_call_count", "input_images", "input_audio_format",
+    "input_audio_bytes", "input_audio_seconds", "output_audio_format", "output_audio_bytes", "image_size",
+    "image_quality", "output_image_count", "video_id", "video_size", "video_seconds", "request_bytes",
+    "response_bytes", "attempts",
+)
+JSON_FIELDS = frozenset({"input_images", "attempts"})  # lists of objects: sent as JSON text
+
+
+def _trace_fields(span: dict) -> dict[str, str | None]:
+    """trace_id and span_id as the proxy records them: the trace, and the caller's span (the span's parent;
+    None for a root span)."""
+    parent = span.get("parent_span_id") or ""
+    return {
+        "trace_id": span["trace_id"] or None,
+        "span_id": parent if parent.strip("0") else None,
+    }
+
+
+def _signed(v: Any) -> float | None:
+    """A finite number, negative ones too (penalties, seeds), also when sent as text."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            return None
+    if not isinstance(v, int | float) or v != v or v in (float("inf"), float("-inf")):
+        return None
+    return v
+
+
+def _request_params(a: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field, name in REQUEST_PARAM_ATTRIBUTES.items():
+        v = a.get(name)
+        if v is None:
+            continue
+        if field == "stop":
+            v = _json_value(v)
+            out[field] = [v] if isinstance(v, str) else [str(x) for x in v] if isinstance(v, list) else None
+            continue
+        n = _signed(v)
+        if n is not None:
+            out[field] = float(n) if field in _FLOAT_PARAMS else int(n) if n == int(n) else None
+    return out
+
+
+def _tool_fields(a: dict, content: bool) -> dict[str, Any]:
+    """Tools offered (gen_ai.tool.definitions) and the tool calls among the output messages' parts."""
+    out: dict[str, Any] = {}
+    definitions = a.get("gen_ai.tool.definitions")
+    tools = _json_value(definitions)
+    if isinstance(tools, list) and tools:
+        out["tool_definitions"] = definitions if isinstance(definitions, str) else orjson.dumps(tools).decode()
+        out["tool_names"] = [n for n in (tool_name(t) for t in tools) if n is not None]
+    calls = []
+    for message in _as_list(_json_value(a.get("gen_ai.output.messages"))):
+        for part in _as_list(message.get("parts") if isinstance(message, dict) else None):
+            if isinstance(part, dict) and part.get("type") == "tool_call":
+                args = part.get("arguments")
+                calls.append(
+                    {
+                        "id": _text_or_none(part.get("id")),
+                        "name": _text_or_none(part.get("name")),
+                        "arguments": args if isinstance(args, str) or args is None else orjson.dumps(args).decode(),
+                    }
+                )
+    if calls:
+        out["tool_call_names"] = [c["name"] for c in calls if c["name"] is not None]
+        out["tool_call_count"] = len(calls)
+        out["tool_calls"] = calls if content else None
+    return out
+
+
+def _as_list(v: Any) -> list:
+    return v if isinstance(v, list) else []
+
+
+def _text_or_none(v: Any) -> str | None:
+    return str(v) if v is not None else None
+
+
+def _bifrost_fields(a: dict) -> dict[str, Any]:
+    """The fields another bifrost proxy sent as ``bifrost.<field>``."""
+    out: dict[str, Any] = {}
+    for field in BIFROST_FIELDS:
+        v = a.get("bifrost." + field)
+        if v is None:
+            continue
+        if field in JSON_FIELDS and isinstance(v, str):
+            try:
+                v = orjson.loads(v)
+            except orjson.JSONDecodeError:
+                continue  # the record's check names the field
+        out[field] = list(v) if isinstance(v, tuple) else v
+    if out.get("attempts") == []:  # refused before any provider was tried: no retry, no fallback (as sent)
+        out["retries"] = out["fallback_index"] = None
+    return out

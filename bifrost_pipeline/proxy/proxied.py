@@ -37,6 +37,7 @@ from .forward import (
     route,
 )
 from .metrics import Metrics
+from .otel_export import OtelExport
 from .protocol import ENDPOINTS, video_call
 from .record import (
     LogRecord,
@@ -118,7 +119,8 @@ class Forwarder:
     """Serves the proxied endpoints: takes a request to the provider and its answer back, and lands a record."""
 
     def __init__(
-        self, app: AppConfig, *, router: Router, writer: LandingWriter, metrics: Metrics, rules: RecordRules
+        self, app: AppConfig, *, router: Router, writer: LandingWriter, metrics: Metrics, rules: RecordRules,
+        otel: OtelExport | None = None,
     ):
         self.client = app.client
         self.proxy = app.proxy
@@ -126,6 +128,7 @@ class Forwarder:
         self.writer = writer
         self.metrics = metrics
         self.rules = rules
+        self.otel = otel  # OTLP spans of finished records (config otel), else None
         self.gate = Gate.from_config(app.proxy)  # None: no virtual keys, no cost
         self.logging_headers = tuple(h.lower() for h in self.client.logging_headers)
         self.required_headers = tuple(self.client.required_headers)
@@ -246,6 +249,8 @@ class Forwarder:
             if self.writer.slots.try_acquire():
                 rec = self._refusal_record(no, adm, scope["method"], path, headers, started, t0)
                 self.writer.submit(hour_key(started), rec)
+                if self.otel is not None:
+                    self.otel.record(rec)
                 hdrs.append((b"x-request-id", rec["request_id"].encode()))
             else:
                 self.metrics.refusals_unlanded.inc()
@@ -286,10 +291,11 @@ class Forwarder:
         rec = ex.rec
         upstream_s: float | None = None
         submitted = False
+        ids = None
         try:
             reply = await self._call(send, receive, ex)
             upstream_s = reply.upstream_s
-            finish_record(
+            ids = finish_record(
                 rec, ex.plan.request, ex.stream, ex.t0, self.rules, reply.body, reply.content_type,
                 sent=getattr(send, "sent", None),
             )
@@ -321,6 +327,8 @@ class Forwarder:
                     self.metrics.observe_record(rec, upstream_s, custom, gaps, routing)
                 except Exception:
                     log.exception("metrics of request %s", rec["request_id"])
+                if self.otel is not None:
+                    self.otel.record(rec, ids)  # only queues the span; never raises
 
     async def _call(self, send: Send, receive: Receive, ex: Exchange) -> Reply:
         """Call the provider, retrying, rotating keys and falling back as its policy says, and answer the

@@ -258,6 +258,21 @@ def mark_aborted(rec: LogRecord, err: BaseException) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseIds:
+    """What the provider's answer said of itself (not record fields: the OTLP span's gen_ai.response.*)."""
+
+    id: str | None = None
+    model: str | None = None
+
+
+def _ids(doc: Any) -> ResponseIds | None:
+    if not isinstance(doc, dict):
+        return None
+    rid, model = doc.get("id"), doc.get("model")
+    return ResponseIds(rid if isinstance(rid, str) else None, model if isinstance(model, str) else None)
+
+
+@dataclass(frozen=True, slots=True)
 class RecordRules:
     """What the proxy's configuration says about every record: how to price it, whether to keep content."""
 
@@ -274,9 +289,9 @@ def finish_record(
     answer: bytes | None = None,
     answer_type: str = "",
     sent: int | None = None,
-) -> None:
+) -> ResponseIds | None:
     """Fill in what the request held and what the answer taught: parameters, tools, media (``capture``),
-    timings, usage, finish reason, errors, cost and content.
+    timings, usage, finish reason, errors, cost and content. Returns the answer's id and model, if it said.
 
     ``answer`` is the provider's whole body (None when it was streamed or never came) and ``answer_type``
     its content type; ``t0`` is the ``time.perf_counter()`` of the request's arrival; ``sent`` the size of
@@ -289,13 +304,16 @@ def finish_record(
     rec["response_bytes"] = sent
     if stream is not None and answer is None:
         output = _from_stream(rec, stream, t0, answer_type, rules.keep_content)
+        ids = _ids({"id": stream.response_id, "model": stream.response_model})
     else:
-        output = _from_body(rec, answer, answer_type, rules.keep_content)
+        output, doc = _from_body(rec, answer, answer_type, rules.keep_content)
+        ids = _ids(doc)
     rec["cost_usd"] = rules.pricing.cost(rec["provider"], rec["model"], rec["input_tokens"], rec["output_tokens"])
     if rules.keep_content:
         body = body_without_media if body_without_media is not None else request.json
         rec["input_content"] = json_text(request_input(rec["request_type"], body, request.form))
         rec["output_content"] = json_text(capture.without_media_bytes(rec["request_type"], output))
+    return ids
 
 
 def _from_stream(rec: LogRecord, stream: StreamAssembler, t0: float, answer_type: str, keep_content: bool) -> Any:
@@ -335,9 +353,9 @@ def _from_stream(rec: LogRecord, stream: StreamAssembler, t0: float, answer_type
     return message
 
 
-def _from_body(rec: LogRecord, answer: bytes | None, answer_type: str, keep_content: bool) -> Any:
+def _from_body(rec: LogRecord, answer: bytes | None, answer_type: str, keep_content: bool) -> tuple[Any, Any]:
     """Usage, finish reason, tool calls and media of a whole answer, or its error; returns its output (None
-    for an error)."""
+    for an error) and the answer's JSON document."""
     doc: Any = None
     if answer is not None and "json" in (answer_type or ""):
         try:
@@ -350,7 +368,7 @@ def _from_body(rec: LogRecord, answer: bytes | None, answer_type: str, keep_cont
         _answer_capture(rec, doc, keep_content)
     elif rec["status"] == "error" and rec["error_type"] is None:
         rec["error_type"], rec["error_message"] = error_of(doc, f"http_{rec['status_code']}")
-    return response_output(rec["request_type"], doc) if rec["status"] == "success" else None
+    return (response_output(rec["request_type"], doc) if rec["status"] == "success" else None), doc
 
 
 def _answer_capture(rec: LogRecord, doc: dict, keep_content: bool) -> None:

@@ -303,3 +303,47 @@ def test_empty_provider_falls_back_to_the_model_prefix():
     del span["attributes"]["error.llm_provider"]
     rec = otlp.span_to_record(span, customer_id="c", content=False, pricing=NoPrices())
     assert rec["provider"] == "anthropic"
+
+
+@pytest.mark.parametrize("case", sorted(EXPECTED))
+def test_trace_context_is_the_spans_trace_and_its_parent(case):
+    """As the proxy records a traceparent: trace_id is the trace, span_id the caller's span (the parent)."""
+    rec = the_record(case)
+    assert rec["trace_id"] == rec["metadata"]["trace_id"]
+    app_spans = [s for entry, body in trace_bodies(case) for s in map_body(entry, body)[1]]
+    parents = {s["span_id"] for s in app_spans if s["name"] == "handle_user_request"}
+    if case.startswith(("openai-v2", "traceloop")):  # the GenAI span is the child of the application's span
+        assert rec["span_id"] in parents
+    else:  # LiteLLM's span is the root of its trace
+        assert rec["span_id"] is None
+
+
+def test_request_parameters_and_tool_calls_of_the_conventions_are_mapped():
+    """gen_ai.request.* parameters, gen_ai.tool.definitions and tool_call parts of gen_ai.output.messages."""
+    span = copy.deepcopy(_litellm_error_span())
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    span["attributes"].update(
+        {
+            "gen_ai.request.temperature": 0.3,
+            "gen_ai.request.top_p": "0.8",
+            "gen_ai.request.max_tokens": 100,
+            "gen_ai.request.seed": -1,
+            "gen_ai.request.stop_sequences": '["END"]',
+            "gen_ai.request.choice.count": 2,
+            "gen_ai.request.frequency_penalty": -0.5,
+            "gen_ai.tool.definitions": orjson.dumps(tools).decode(),
+            "gen_ai.output.messages": orjson.dumps(
+                [{"role": "assistant", "parts": [{"type": "tool_call", "id": "c1", "name": "get_weather",
+                                                  "arguments": {"city": "Oslo"}}]}]
+            ).decode(),
+        }
+    )
+    rec = otlp.span_to_record(span, customer_id="t", content=True, pricing=NoPrices())
+    assert intake.check_record(rec) == []
+    assert (rec["temperature"], rec["top_p"], rec["max_tokens"], rec["seed"]) == (0.3, 0.8, 100, -1)
+    assert (rec["stop"], rec["n"], rec["frequency_penalty"]) == (["END"], 2, -0.5)
+    assert rec["tool_names"] == ["get_weather"] and orjson.loads(rec["tool_definitions"]) == tools
+    assert rec["tool_calls"] == [{"id": "c1", "name": "get_weather", "arguments": '{"city":"Oslo"}'}]
+    assert (rec["tool_call_names"], rec["tool_call_count"]) == (["get_weather"], 1)
+    without = otlp.span_to_record(span, customer_id="t", content=False, pricing=NoPrices())
+    assert without["tool_calls"] is None and without["tool_call_names"] == ["get_weather"]
