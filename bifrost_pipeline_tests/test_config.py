@@ -232,3 +232,18 @@ def test_loading_imports_only_the_destinations_its_exports_use(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["bifrost_pipeline.destinations.base", "bifrost_pipeline.destinations.local"]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgress://u:hunter2secret@h/db", "unknown database scheme 'postgress'"),
+        ("postgresql+nosuchdriver://u:hunter2secret@h/db", "unknown database scheme 'postgresql+nosuchdriver'"),
+        ("mssql+pyodbc://u:hunter2secret@h/db", "the driver of 'mssql+pyodbc' is not installed (pyodbc)"),
+    ],
+)
+def test_a_sql_url_with_an_unknown_scheme_or_missing_driver_fails_at_load(url, expected):
+    found = problems(one_export(destination={"type": "sql", "config": {"url": url}}))
+    assert len(found) == 1 and found[0].startswith("log_exports.exports[0].destination.config.url: ")
+    assert expected in found[0] and "hunter2secret" not in found[0]
+    assert len(parse_config(one_export(destination={"type": "sql", "config": {"url": "sqlite:///w.db"}}), env={}).exports) == 1

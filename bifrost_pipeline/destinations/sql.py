@@ -46,10 +46,26 @@ class SQLConfig(DestinationConfig):
         from sqlalchemy.exc import ArgumentError
 
         try:
-            make_url(v.get_secret_value())
+            url = make_url(v.get_secret_value())
         except ArgumentError:
             raise ValueError(
                 "expected an SQLAlchemy URL such as postgresql+psycopg://user:pass@host/db"
+            ) from None
+        # The scheme names a database and a driver: check both now, not at the first run. Only the scheme is
+        # quoted (the rest of the URL may hold a password).
+        try:
+            dialect = url.get_dialect()
+        except Exception:
+            raise ValueError(
+                f"unknown database scheme {url.drivername!r}: expected an SQLAlchemy dialect such as "
+                "postgresql+psycopg, mysql+pymysql, mssql+pyodbc, sqlite"
+            ) from None
+        try:
+            dialect.import_dbapi()
+        except ImportError as err:
+            raise ValueError(
+                f"the driver of {url.drivername!r} is not installed ({err.name or err}): install it, or name "
+                "an installed driver (postgresql+psycopg is in the `cloud` extra)"
             ) from None
         return v
 

@@ -208,6 +208,8 @@ class LandingWriter:
         except RuntimeError:
             pass  # the loop stopped: nobody is waiting any more
 
+    # long on purpose: one loop owns the writer thread's state (lines held per hour, the flush timer, group
+    # commits, stop retries); split up, that state would live on self between calls, read by both threads.
     def _run(self) -> None:
         rw = self.rotating
         next_flush = time.monotonic() + self.flush_interval_s
