@@ -294,7 +294,7 @@ def test_two_copies_of_one_segment_are_kept_once(tmp_path):
 # --- a day split by hour -----------------------------------------------------------------------------
 
 
-def _land_hostile_day(app) -> None:
+def land_hostile_day(app) -> None:
     """Several segments in several hours, duplicates within and across hours (one differing), hostile
     lines, blank lines, a BOM and a lone surrogate (the careful path)."""
     def rec(rid: str, hour: int, **kw) -> dict:
@@ -348,7 +348,7 @@ def test_hour_groups_are_contiguous_and_cover_the_day():
 def test_a_day_split_by_hour_is_the_unsplit_day(tmp_path, n):
     """Same rows in the same order, same quarantine, same numbers: the first landed copy wins across hours."""
     app = make_app(tmp_path)
-    _land_hostile_day(app)
+    land_hostile_day(app)
     unsplit = _day_snapshot(app, validation.validate_day(app, DAY))
     raw, quarantine, counts, _ = unsplit
     assert counts["duplicates"] == 7 and counts["duplicates_differing"] == 6
