@@ -318,10 +318,10 @@ def _cap(text: str, limit: int) -> str:
 class _DayOutput:
     """The day's outputs under temporary names: Parquet parts of valid rows, one quarantine file."""
 
-    def __init__(self, app: AppConfig, day: date):
+    def __init__(self, final_raw: Path, final_quarantine: Path, day: date):
         self.day = day
-        self.final_raw = raw_path(app, day)
-        self.final_quarantine = quarantine_path(app, day)
+        self.final_raw = final_raw
+        self.final_quarantine = final_quarantine
         for p in (self.final_raw, self.final_quarantine):
             p.parent.mkdir(parents=True, exist_ok=True)
         token = uuid.uuid4().hex[:10]
@@ -370,9 +370,17 @@ class _DayOutput:
         ).to_arrow().cast(QUARANTINE_SCHEMA)
         self.quarantine_writer.write_table(table)
 
-    def commit(self) -> None:
+    def work_dir(self) -> Path:
+        """A scratch directory beside the temporary outputs (rejected rows, DuckDB spill); the caller removes it."""
+        work = self.tmp_raw.with_name(self.tmp_raw.name + ".work")
+        work.mkdir()
+        return work
+
+    def commit(self, *, empty_part: bool = True) -> None:
+        """Rename the outputs into place. `empty_part`: an output without rows still gets one empty typed
+        part (a day must be readable); the stage of a split day leaves that to the day's combine step."""
         self.quarantine_writer.close()
-        if self.parts == 0:
+        if self.parts == 0 and empty_part:
             # an empty day still has a readable, typed raw partition
             pq.write_table(records.arrow_schema().empty_table(), self.next_part())
         old = None
@@ -644,11 +652,36 @@ def validate_day(app: AppConfig, day: date, *, block_bytes: int = BLOCK_BYTES) -
     quarantine. No line fails the day: whatever a line holds, it is valid, quarantined with a reason,
     a duplicate, or blank, and the result counts each (see DayResult.unaccounted_lines)."""
     result = DayResult(day=day)
-    root = app.landing_dir
+    segments = _landed_segments(app, day)
+    out = _DayOutput(raw_path(app, day), quarantine_path(app, day), day)
+    work = out.work_dir()
+    try:
+        _validate_segments(segments, app.landing_dir, out, work, result, block_bytes)
+        _deduplicate_day(out, work, result, app.pipeline.duckdb_memory_limit)
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.raw_path = out.final_raw
+    result.quarantine_path = out.final_quarantine
+    return result
+
+
+def _landed_segments(app: AppConfig, day: date) -> list[landing.Segment]:
+    """The day's complete segments in landing order (hour, then name), on local disk."""
     if app.landing_is_remote:
         # an object-store landing zone: copy the day's segments (new ones only) next to us, then as usual
-        landing.mirror_day(str(app.landing_root), day, root, app.landing.storage_options)
-    segments = landing.list_segments(root, day)
+        return landing.mirror_day(str(app.landing_root), day, app.landing_dir, app.landing.storage_options)
+    return landing.list_segments(app.landing_dir, day)
+
+
+def _validate_segments(
+    segments: list[landing.Segment], root: Path, out: _DayOutput, work: Path, result: DayResult, block_bytes: int
+) -> None:
+    """Validate `segments` (in landing order) into `out`'s parts and quarantine, counting into `result`;
+    no deduplication. The parts come out in landing order."""
     careful: set[Path] = set()
     for seg in segments:
         result.segments += 1
@@ -659,34 +692,22 @@ def validate_day(app: AppConfig, day: date, *, block_bytes: int = BLOCK_BYTES) -
         result.blank_lines += survey.blank
         if survey.careful:
             careful.add(seg.path)
-    out = _DayOutput(app, day)
-    work = out.tmp_raw.with_name(out.tmp_raw.name + ".work")
-    work.mkdir()
-    try:
-        pending = _groups_in_landing_order(segments, careful)
-        while pending:
-            group = pending.pop(0)
-            fast = None if group[0].path in careful else _fast([s.path for s in group], day, out, work)
-            if fast is not None:
-                _account_fast(group, fast, result, out, root)
-            elif len(group) > 1:
-                # find the segment(s) the reader refuses: the others keep the fast path
-                pending[:0] = [[s] for s in group]
-            else:
-                _BlockValidator(out, result, group[0].relative_to(root)).run(group[0].path, block_bytes)
-        result.duplicates, result.duplicates_differing = deduplicate(
-            out.part_paths(), work, app.pipeline.duckdb_memory_limit
-        )
-        result.valid_rows -= result.duplicates
-        out.commit()
-    except BaseException:
-        out.abort()
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result.raw_path = out.final_raw
-    result.quarantine_path = out.final_quarantine
-    return result
+    pending = _groups_in_landing_order(segments, careful)
+    while pending:
+        group = pending.pop(0)
+        fast = None if group[0].path in careful else _fast([s.path for s in group], result.day, out, work)
+        if fast is not None:
+            _account_fast(group, fast, result, out, root)
+        elif len(group) > 1:
+            # find the segment(s) the reader refuses: the others keep the fast path
+            pending[:0] = [[s] for s in group]
+        else:
+            _BlockValidator(out, result, group[0].relative_to(root)).run(group[0].path, block_bytes)
+
+
+def _deduplicate_day(out: _DayOutput, work: Path, result: DayResult, memory_limit: str) -> None:
+    result.duplicates, result.duplicates_differing = deduplicate(out.part_paths(), work, memory_limit)
+    result.valid_rows -= result.duplicates
 
 
 def _groups_in_landing_order(segments: list[landing.Segment], careful: set[Path]) -> list[list[landing.Segment]]:
@@ -724,6 +745,124 @@ def _account_fast(group, fast, result: DayResult, out: _DayOutput, root: Path) -
             result.quarantined_rows += len(bad)
             out.quarantine(seg.relative_to(root), bad)
         offset += n
+
+
+# --- a day split by hour ------------------------------------------------------------------------------
+#
+# A day too big for one step: each of N steps validates the segments of a contiguous group of hours into
+# its own stage (parts + quarantine + its counts), possibly in another process or pod; then one combine
+# step takes the stages in hour order, deduplicates across the whole day and commits it exactly as
+# validate_day does. Landing order is hour, then segment name, then line, and the hour groups are
+# contiguous: the stages' parts in group order are in landing order, so "the first landed copy wins" is
+# the same rule, and the day the same rows, as unsplit.
+
+STAGE_RESULT = "result.json"
+_STAGE_COUNTS = ("segments", "bytes_read", "lines", "valid_rows", "quarantined_rows", "blank_lines", "lines_read")
+
+
+def hour_groups(n: int) -> list[range]:
+    """The 24 UTC hours cut into `n` contiguous groups, as even as can be (earlier groups one hour longer)."""
+    if not 1 <= n <= 24:
+        raise ValueError(f"pipeline.hour_groups: {n} is not between 1 and 24")
+    size, extra = divmod(24, n)
+    groups, start = [], 0
+    for i in range(n):
+        end = start + size + (i < extra)
+        groups.append(range(start, end))
+        start = end
+    return groups
+
+
+def hours_label(hours: range) -> str:
+    """'hours_00_05': a name for a group of hours, fit for a Dagster op name and a directory."""
+    return f"hours_{hours.start:02d}_{hours.stop - 1:02d}"
+
+
+def split_stage_dir(app: AppConfig, day: date, run: str) -> Path:
+    """Where the steps of one run of a split day stage their outputs: beside raw_logs (the same volume, so
+    the combine step hard-links the parts instead of copying them), hidden from the day listings."""
+    return app.raw_dir / ".split" / f"date={day.isoformat()}" / run
+
+
+def validate_hours(
+    app: AppConfig, day: date, hours: range, stage: Path, *, block_bytes: int = BLOCK_BYTES
+) -> DayResult:
+    """One step of a split day: validate the day's segments of `hours` into `stage` (no deduplication:
+    that needs the whole day). Re-running it replaces the stage."""
+    result = DayResult(day=day)
+    segments = [s for s in _landed_segments(app, day) if s.hour in hours]
+    stage.mkdir(parents=True, exist_ok=True)
+    (stage / STAGE_RESULT).unlink(missing_ok=True)
+    out = _DayOutput(stage / "raw", stage / "quarantine.parquet", day)
+    work = out.work_dir()
+    try:
+        _validate_segments(segments, app.landing_dir, out, work, result, block_bytes)
+        out.commit(empty_part=False)
+    except BaseException:
+        out.abort()
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    # written last: a stage without it is not done
+    counts = {name: getattr(result, name) for name in _STAGE_COUNTS}
+    counts |= {"reasons": dict(result.reasons), "newest_segment_mtime": result.newest_segment_mtime}
+    tmp = stage / f".{STAGE_RESULT}.tmp"
+    tmp.write_bytes(orjson.dumps(counts))
+    os.replace(tmp, stage / STAGE_RESULT)
+    return result
+
+
+def combine_day(app: AppConfig, day: date, stages: list[Path]) -> DayResult:
+    """The last step of a split day: the stages (in hour order) become the day's raw_logs and quarantine,
+    deduplicated across the day and committed atomically; the result counts as validate_day's would.
+    The stages are left in place (a failed combine can be retried); the caller removes them."""
+    result = DayResult(day=day)
+    out = _DayOutput(raw_path(app, day), quarantine_path(app, day), day)
+    work = out.work_dir()
+    try:
+        for stage in stages:
+            _absorb_stage(stage, out, result)
+        _deduplicate_day(out, work, result, app.pipeline.duckdb_memory_limit)
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.raw_path = out.final_raw
+    result.quarantine_path = out.final_quarantine
+    return result
+
+
+def _absorb_stage(stage: Path, out: _DayOutput, result: DayResult) -> None:
+    done = stage / STAGE_RESULT
+    if not done.exists():
+        raise FileNotFoundError(f"{stage}: no {STAGE_RESULT}; the step validating these hours has not finished")
+    counts = orjson.loads(done.read_bytes())
+    for name in _STAGE_COUNTS:
+        setattr(result, name, getattr(result, name) + counts[name])
+    result.reasons.update(counts["reasons"])
+    mtimes = [m for m in (result.newest_segment_mtime, counts["newest_segment_mtime"]) if m is not None]
+    result.newest_segment_mtime = max(mtimes, default=None)
+    for part in sorted((stage / "raw").glob("part-*.parquet")):
+        _link_or_copy(part, out.next_part())
+    quarantined = pq.ParquetFile(stage / "quarantine.parquet")
+    at_field = QUARANTINE_SCHEMA.field("validated_at")
+    at_index = QUARANTINE_SCHEMA.get_field_index("validated_at")
+    for batch in quarantined.iter_batches():
+        # one validation time for the whole day, as unsplit
+        at = pa.array([out.validated_at] * batch.num_rows, at_field.type)
+        out.quarantine_writer.write_batch(batch.set_column(at_index, at_field, at))
+    quarantined.close()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link when the stage is on the same file system (deduplicate replaces a part it rewrites,
+    so the stage's file is never changed), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 # --- deduplication ---------------------------------------------------------------------------------------

@@ -289,3 +289,108 @@ def test_two_copies_of_one_segment_are_kept_once(tmp_path):
     raw = pl.read_parquet(result.raw_path)
     assert raw["request_id"].n_unique() == raw.height == 1000
     _accounted(result)
+
+
+# --- a day split by hour -----------------------------------------------------------------------------
+
+
+def land_hostile_day(app) -> None:
+    """Several segments in several hours, duplicates within and across hours (one differing), hostile
+    lines, blank lines, a BOM and a lone surrogate (the careful path)."""
+    def rec(rid: str, hour: int, **kw) -> dict:
+        return record(request_id=rid, timestamp=f"2024-01-15T{hour:02d}:10:00Z", **kw)
+
+    land(app, [rec("a", 0), rec("b", 0), BAD_CORPUS[0][0], b"", rec("a", 0)], when=utc(2024, 1, 15, 0))
+    land(app, [rec("c", 0), rec("b", 0, model="other"), b"   "], when=utc(2024, 1, 15, 0))
+    land(app, [rec("d", 5), BAD_CORPUS[8][0], rec("a", 5)], when=utc(2024, 1, 15, 5))
+    land(app, [rec("e", 11), rec("c", 11), b"\xef\xbb\xbf" + json.dumps(rec("f", 11)).encode()], when=utc(2024, 1, 15, 11))
+    land(app, [rec("g", 12), GOOD.replace(b'"gpt-4o"', b'"gpt\\ud800"'), rec("e", 12)], when=utc(2024, 1, 15, 12))
+    land(app, [rec("h", 12), BAD_CORPUS[4][0], rec("g", 12, latency_ms=9)], when=utc(2024, 1, 15, 12))
+    land(app, [rec("i", 23), rec("d", 23), rec("j", 23)], when=utc(2024, 1, 15, 23))
+
+
+def _day_snapshot(app, result) -> tuple:
+    raw = pl.read_parquet(result.raw_path)
+    quarantine = pl.read_parquet(result.quarantine_path).drop("validated_at")
+    counts = {
+        name: getattr(result, name)
+        for name in (
+            "segments", "bytes_read", "lines", "valid_rows", "quarantined_rows", "blank_lines", "lines_read",
+            "duplicates", "duplicates_differing", "newest_segment_mtime",
+        )
+    }
+    return raw, quarantine, counts, dict(result.reasons)
+
+
+def _validate_split(app, n: int, block_bytes: int = validation.BLOCK_BYTES):
+    stage_root = validation.split_stage_dir(app, DAY, "run-1")
+    stages = []
+    for hours in validation.hour_groups(n):
+        stage = stage_root / validation.hours_label(hours)
+        validation.validate_hours(app, DAY, hours, stage, block_bytes=block_bytes)
+        stages.append(stage)
+    return validation.combine_day(app, DAY, stages)
+
+
+def test_hour_groups_are_contiguous_and_cover_the_day():
+    for n in range(1, 25):
+        groups = validation.hour_groups(n)
+        assert len(groups) == n
+        assert [h for g in groups for h in g] == list(range(24))
+        assert max(len(g) for g in groups) - min(len(g) for g in groups) <= 1
+    assert validation.hour_groups(4)[1] == range(6, 12)
+    assert validation.hours_label(range(6, 12)) == "hours_06_11"
+    with pytest.raises(ValueError, match="hour_groups: 25"):
+        validation.hour_groups(25)
+
+
+@pytest.mark.parametrize("n", [2, 3, 24])
+def test_a_day_split_by_hour_is_the_unsplit_day(tmp_path, n):
+    """Same rows in the same order, same quarantine, same numbers: the first landed copy wins across hours."""
+    app = make_app(tmp_path)
+    land_hostile_day(app)
+    unsplit = _day_snapshot(app, validation.validate_day(app, DAY))
+    raw, quarantine, counts, _ = unsplit
+    assert counts["duplicates"] == 7 and counts["duplicates_differing"] == 6
+    assert sorted(raw["request_id"]) == list("abcdefghij")
+    # the first landed copy: hour 0's, not hour 5's or hour 23's
+    kept = raw.filter(pl.col("request_id").is_in(["a", "d"])).sort("request_id")["timestamp"].dt.hour().to_list()
+    assert kept == [0, 5]
+    assert quarantine.height == 4 and counts["blank_lines"] == 2
+
+    split = _validate_split(app, n)
+    for got, want in zip(_day_snapshot(app, split), unsplit, strict=True):
+        if isinstance(want, pl.DataFrame):
+            assert got.equals(want), (got, want)
+        else:
+            assert got == want
+    assert split.unaccounted_lines == 0
+    assert split.raw_path == validation.raw_path(app, DAY)
+    assert sorted(p.name for p in split.raw_path.iterdir()) == [
+        f"part-{i:05d}.parquet" for i in range(len(list(split.raw_path.iterdir())))
+    ]
+
+
+def test_a_split_day_with_nothing_landed_is_an_empty_readable_day(tmp_path):
+    app = make_app(tmp_path)
+    land(app, [record(request_id="late", timestamp="2024-01-15T22:00:00Z")])
+    result = _validate_split(app, 2)
+    assert pl.read_parquet(result.raw_path)["request_id"].to_list() == ["late"]
+    (tmp_path / "landing" / f"date={DAY}").rename(tmp_path / "gone")
+    empty = _validate_split(app, 4)
+    assert empty.lines_read == 0 and empty.segments == 0 and empty.newest_segment_mtime is None
+    assert pl.read_parquet(empty.raw_path).height == 0
+    assert pl.read_parquet(empty.quarantine_path).height == 0
+
+
+def test_combine_refuses_a_stage_that_has_not_finished_and_leaves_the_day_alone(tmp_path):
+    app = make_app(tmp_path)
+    land(app, [record(request_id="kept")])
+    validation.validate_day(app, DAY)
+    stage_root = validation.split_stage_dir(app, DAY, "run-2")
+    first, second = (stage_root / validation.hours_label(h) for h in validation.hour_groups(2))
+    validation.validate_hours(app, DAY, validation.hour_groups(2)[0], first)
+    with pytest.raises(FileNotFoundError, match="hours_12_23: no result.json"):
+        validation.combine_day(app, DAY, [first, second])
+    assert pl.read_parquet(validation.raw_path(app, DAY))["request_id"].to_list() == ["kept"]
+    assert not [p for p in validation.raw_path(app, DAY).parent.iterdir() if p.name.endswith(".tmp")]

@@ -51,6 +51,13 @@ class PipelineConfig(Strict):
     raw_retention_days: Annotated[int, Field(ge=1)] | None = None
     # The retention job only reports what it would remove (in its run's metadata) while this is true.
     retention_dry_run: bool = False
+    # A day too big for one step: raw_logs validates each day in this many steps, each a contiguous group of
+    # UTC hours, which Dagster's executor runs in parallel (processes, or pods with the k8s job executor),
+    # then one step deduplicates across the day and commits it. 1: one step. Still one daily partition.
+    hour_groups: Annotated[int, Field(ge=1, le=24)] = 1
+    # How many of those steps one run executes at once on one machine (multiprocess executor); None: one
+    # per core.
+    hour_group_concurrency: Annotated[int, Field(ge=1)] | None = None
 
 
 class AppConfig(Strict):

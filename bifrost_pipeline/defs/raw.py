@@ -1,7 +1,9 @@
 """landing_zone (external) -> raw_logs + quarantine, one UTC day per partition, with their checks, job and
 daily schedule."""
 
+import shutil
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -12,7 +14,15 @@ from bifrost_pipeline.defs.partitions import partitioned_check_spec, raw_partiti
 from bifrost_pipeline.defs.resources import PipelineResource
 from bifrost_pipeline.landing import LandingState
 from bifrost_pipeline.raw_checks import raw_day_stats, schema_failures
-from bifrost_pipeline.validation import DayResult, validate_day
+from bifrost_pipeline.validation import (
+    DayResult,
+    combine_day,
+    hour_groups,
+    hours_label,
+    split_stage_dir,
+    validate_day,
+    validate_hours,
+)
 
 if TYPE_CHECKING:
     # what dg.define_asset_job and build_schedule_from_partitioned_job return for asset jobs; Dagster does
@@ -27,6 +37,7 @@ LANDING = dg.AssetKey("landing_zone")
 RAW = dg.AssetKey("raw_logs")
 QUARANTINE = dg.AssetKey("quarantine")
 RAW_JOB = "raw_logs_job"
+RAW_NODE = "validate_landed_day"  # the op (or graph, when a day is split by hour) that materializes raw_logs
 
 CHECK_ACCOUNTED = "every_line_accounted_for"
 CHECK_UNIQUE = "unique_request_id"
@@ -99,7 +110,7 @@ def accounting_check(result: DayResult) -> dg.AssetCheckResult:
     )
 
 
-def _checks(app: AppConfig, day: date, result: DayResult) -> list[dg.AssetCheckResult]:
+def day_checks(app: AppConfig, day: date, result: DayResult) -> list[dg.AssetCheckResult]:
     stats = raw_day_stats(result.raw_path, day)
     failures = schema_failures(result.raw_path)
     share = result.quarantine_share
@@ -157,27 +168,29 @@ def check_specs(partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
     ]
 
 
+RAW_DESCRIPTION = (
+    "Every landed record of one UTC day that passed validation against schemas/, typed (a directory of "
+    "Parquet parts per day)."
+)
+QUARANTINE_DESCRIPTION = "Landed lines that failed validation: segment, line, reason and the raw text."
+RAW_KINDS = {"parquet", "polars"}
+
+
 def build_raw_assets(app: AppConfig) -> dg.AssetsDefinition:
+    """raw_logs + quarantine of a day: one step (validate_day), or with `pipeline.hour_groups` > 1 a graph
+    of one step per group of hours and a step that combines them (build_split_raw_assets)."""
+    if app.pipeline.hour_groups > 1:
+        return build_split_raw_assets(app)
     partitions = raw_partitions(app)
 
     @dg.multi_asset(
-        name="validate_landed_day",
+        name=RAW_NODE,
         specs=[
             dg.AssetSpec(
-                RAW,
-                deps=[LANDING],
-                description=(
-                    "Every landed record of one UTC day that passed validation against schemas/, "
-                    "typed (a directory of Parquet parts per day)."
-                ),
-                group_name="pipeline",
-                kinds={"parquet", "polars"},
+                RAW, deps=[LANDING], description=RAW_DESCRIPTION, group_name="pipeline", kinds=RAW_KINDS
             ),
             dg.AssetSpec(
-                QUARANTINE,
-                deps=[LANDING],
-                description="Landed lines that failed validation: segment, line, reason and the raw text.",
-                group_name="pipeline",
+                QUARANTINE, deps=[LANDING], description=QUARANTINE_DESCRIPTION, group_name="pipeline",
                 kinds={"parquet"},
             ),
         ],
@@ -189,36 +202,133 @@ def build_raw_assets(app: AppConfig) -> dg.AssetsDefinition:
         app_cfg = pipeline.app()
         day = date.fromisoformat(context.partition_key)
         result = validate_day(app_cfg, day)
-        context.log.info(
-            f"{day}: {result.lines_read} line(s) read from {result.segments} segment(s): {result.valid_rows} "
-            f"valid, {result.quarantined_rows} quarantined, {result.duplicates} duplicate(s) dropped "
-            f"({result.duplicates_differing} differing), {result.blank_lines} blank"
-        )
-        meta = day_metadata(result)
-        yield dg.MaterializeResult(
-            asset_key=RAW,
-            metadata={
-                **meta,
-                "dagster/row_count": result.valid_rows,
-                "path": dg.MetadataValue.path(str(result.raw_path)),
-            },
-        )
-        yield dg.MaterializeResult(
-            asset_key=QUARANTINE,
-            metadata={
-                "dagster/row_count": result.quarantined_rows,
-                "reasons": dg.MetadataValue.json(dict(result.reasons.most_common(50))),
-                "path": dg.MetadataValue.path(str(result.quarantine_path)),
-            },
-        )
-        yield from _checks(app_cfg, day, result)
+        context.log.info(day_summary(result))
+        yield dg.MaterializeResult(asset_key=RAW, metadata=raw_metadata(result))
+        yield dg.MaterializeResult(asset_key=QUARANTINE, metadata=quarantine_metadata(result))
+        yield from day_checks(app_cfg, day, result)
 
     return validate_landed_day
 
 
+def build_split_raw_assets(app: AppConfig) -> dg.AssetsDefinition:
+    """The same two assets and checks as one graph: a step per group of hours (validation.validate_hours),
+    in parallel, then `combine_validated_day` (validation.combine_day), which writes the day and reports
+    its materializations and checks exactly as the single step does.
+
+    The steps hand nothing to each other through an IO manager: each stages its hours under
+    validation.split_stage_dir, keyed by the run's root run id (a re-execution from failure finds the
+    stages of the steps that succeeded before), and the combine step reads them there. So a step may run in
+    another process or pod, as long as raw_logs is on a volume they all mount."""
+    partitions = raw_partitions(app)
+    specs = check_specs(partitions)
+    groups = hour_groups(app.pipeline.hour_groups)
+    hour_ops = [_hour_group_op(hours) for hours in groups]
+    combine = _combine_op(groups, specs)
+
+    @dg.graph_multi_asset(
+        name=RAW_NODE,
+        ins={"landing_zone": dg.AssetIn(LANDING, dagster_type=dg.Nothing)},
+        outs={
+            "raw_logs": dg.AssetOut(key=RAW, description=RAW_DESCRIPTION, group_name="pipeline", kinds=RAW_KINDS,
+                                    dagster_type=dg.Nothing),
+            "quarantine": dg.AssetOut(key=QUARANTINE, description=QUARANTINE_DESCRIPTION, group_name="pipeline",
+                                      kinds={"parquet"}, dagster_type=dg.Nothing),
+        },
+        check_specs=specs,
+        partitions_def=partitions,
+    )
+    def validate_landed_day(landing_zone):
+        staged = {hours_label(hours): op(landing_zone) for hours, op in zip(groups, hour_ops, strict=True)}
+        return combine(**staged)._asdict()
+
+    return validate_landed_day
+
+
+def _stage_root(context: dg.OpExecutionContext, app: AppConfig) -> Path:
+    return split_stage_dir(app, date.fromisoformat(context.partition_key), context.run.root_run_id or context.run_id)
+
+
+def _hour_group_op(hours: range) -> dg.OpDefinition:
+    label = hours_label(hours)
+
+    @dg.op(
+        name=f"validate_{label}",
+        ins={"landing_zone": dg.In(dg.Nothing)},
+        out=dg.Out(dg.Nothing),
+        tags={"bifrost/stage": "validate"},
+    )
+    def validate_hour_group(context: dg.OpExecutionContext, pipeline: PipelineResource) -> None:
+        app_cfg = pipeline.app()
+        day = date.fromisoformat(context.partition_key)
+        result = validate_hours(app_cfg, day, hours, _stage_root(context, app_cfg) / label)
+        context.log.info(
+            f"{day} hours {hours.start:02d}-{hours.stop - 1:02d}: {result.lines_read} line(s) read from "
+            f"{result.segments} segment(s): {result.valid_rows} valid (before deduplication across the day), "
+            f"{result.quarantined_rows} quarantined, {result.blank_lines} blank"
+        )
+
+    return validate_hour_group
+
+
+def _combine_op(groups: list[range], specs: list[dg.AssetCheckSpec]) -> dg.OpDefinition:
+    labels = [hours_label(hours) for hours in groups]
+    outs = {"raw_logs": dg.Out(dg.Nothing), "quarantine": dg.Out(dg.Nothing)}
+    outs |= {spec.get_python_identifier(): dg.Out(dg.Nothing) for spec in specs}
+
+    @dg.op(name="combine_validated_day", ins={label: dg.In(dg.Nothing) for label in labels}, out=outs)
+    def combine_validated_day(context: dg.OpExecutionContext, pipeline: PipelineResource):
+        app_cfg = pipeline.app()
+        day = date.fromisoformat(context.partition_key)
+        stage_root = _stage_root(context, app_cfg)
+        result = combine_day(app_cfg, day, [stage_root / label for label in labels])
+        shutil.rmtree(stage_root, ignore_errors=True)
+        context.log.info(day_summary(result))
+        yield dg.Output(None, "raw_logs", metadata=raw_metadata(result))
+        yield dg.Output(None, "quarantine", metadata=quarantine_metadata(result))
+        yield from day_checks(app_cfg, day, result)
+
+    return combine_validated_day
+
+
+def day_summary(result: DayResult) -> str:
+    return (
+        f"{result.day}: {result.lines_read} line(s) read from {result.segments} segment(s): {result.valid_rows} "
+        f"valid, {result.quarantined_rows} quarantined, {result.duplicates} duplicate(s) dropped "
+        f"({result.duplicates_differing} differing), {result.blank_lines} blank"
+    )
+
+
+def raw_metadata(result: DayResult) -> dict:
+    return {
+        **day_metadata(result),
+        "dagster/row_count": result.valid_rows,
+        "path": dg.MetadataValue.path(str(result.raw_path)),
+    }
+
+
+def quarantine_metadata(result: DayResult) -> dict:
+    return {
+        "dagster/row_count": result.quarantined_rows,
+        "reasons": dg.MetadataValue.json(dict(result.reasons.most_common(50))),
+        "path": dg.MetadataValue.path(str(result.quarantine_path)),
+    }
+
+
 def build_raw_job(app: AppConfig) -> "UnresolvedAssetJobDefinition":
+    # A split day's hour steps run in parallel under the multiprocess executor, as many at once as
+    # pipeline.hour_group_concurrency says (a deployment's own executor, e.g. the k8s job executor set on
+    # the Definitions, takes over when this one is not set).
+    concurrency = app.pipeline.hour_group_concurrency
+    executor = (
+        dg.multiprocess_executor.configured({"max_concurrent": concurrency})
+        if app.pipeline.hour_groups > 1 and concurrency
+        else None
+    )
     return dg.define_asset_job(
-        RAW_JOB, selection=dg.AssetSelection.assets(RAW, QUARANTINE), partitions_def=raw_partitions(app)
+        RAW_JOB,
+        selection=dg.AssetSelection.assets(RAW, QUARANTINE),
+        partitions_def=raw_partitions(app),
+        executor_def=executor,
     )
 
 
