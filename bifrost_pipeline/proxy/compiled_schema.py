@@ -50,6 +50,9 @@ def _allows_null(schema: Any) -> bool:
     return ("null" in types if isinstance(types, list) else types == "null") and not {"enum", "const"} & set(schema)
 
 
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
 class Unsupported(Exception):
     """The schema uses a keyword this compiler does not write code for."""
 
@@ -64,7 +67,7 @@ def is_date_time(value: Any) -> bool:
     if "01" <= value[8:10] <= "28" and value[:4] != "0000":  # every month has these days (ASCII digits here)
         return True
     year, month, day = int(m[1]), int(m[2]), int(m[3])
-    return year != 0 and 1 <= day and (day <= 28 or day <= calendar.monthrange(year, month)[1])
+    return year != 0 and 1 <= day <= _DAYS_IN_MONTH[month] + (month == 2 and calendar.isleap(year))
 
 
 def _as_format(check: Callable[[Any], bool], raises: Any) -> Callable[[Any], bool]:
