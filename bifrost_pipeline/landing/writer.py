@@ -63,10 +63,11 @@ class SegmentFile:
         size = 0
         try:
             for line in lines:
-                if not line.endswith(b"\n"):
-                    line += b"\n"
                 chunk.append(line)
                 size += len(line)
+                if not line.endswith(b"\n"):  # a separate newline: a copy of the line would cost as much
+                    chunk.append(b"\n")
+                    size += 1
                 count += 1
                 if size >= self.WRITE_CHUNK:
                     written += _write_all(self._fd, b"".join(chunk))
