@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bifrost_pipeline.proxy import intake, otlp  # noqa: E402
 from bifrost_pipeline.proxy.pricing import Pricing  # noqa: E402
+from bifrost_pipeline.proxy.server import keep_freed_memory  # noqa: E402
 from bifrost_pipeline.proxy.writer import LandingWriter  # noqa: E402
 
 OTLP_FIXTURE = ROOT / "bifrost_pipeline_tests" / "data" / "otlp" / "openai-v2--chat-content.0.traces.pb"
@@ -192,6 +193,7 @@ def main() -> None:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core for the work (and the writer)
     except (AttributeError, OSError):
         pass
+    keep_freed_memory()  # as a proxy worker does at its start
     records = canonical_records(args.records, datetime(2026, 3, 4, 5, tzinfo=UTC))
     size = sum(len(r) for r in records) / len(records)
     print(f"{args.records} canonical records of {size:.0f} bytes on average, two UTC hours")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import functools
 import gc
 import logging
@@ -31,6 +32,20 @@ from bifrost_pipeline.config import AppConfig
 from .app import MOCK_PREFIX, ProxyApp
 
 log = logging.getLogger("bifrost_pipeline.proxy")
+
+
+_M_TOP_PAD = -2  # glibc's mallopt parameter (malloc.h)
+
+
+def keep_freed_memory(top_pad: int = 64 << 20) -> bool:
+    """Have glibc's malloc keep ``top_pad`` bytes free at the top of the heap instead of handing freed memory
+    back to the system at once. An intake batch allocates its lines (megabytes) and frees them once landed:
+    handed back, the next batch takes a page fault for every page again (measured: a fifth of /v1/traces'
+    time). False where the C library is not glibc (nothing changes there)."""
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_TOP_PAD, top_pad))
+    except (OSError, AttributeError):
+        return False
 
 
 def _install_uvloop() -> str:
@@ -172,6 +187,7 @@ def _run_worker(
         # that a full collection under load stays short (it shows in the p99 otherwise).
         gc.collect()
         gc.freeze()
+    keep_freed_memory()
     try:
         server.run(sockets=[sock])
     finally:
