@@ -36,7 +36,7 @@ _CLASSES: dict[str, tuple[type, ...]] = {"string": (str,), "boolean": (bool,), "
 # rfc3339_validator's pattern (what jsonschema's date-time check calls), case-insensitive instead of
 # upper-casing every value first.
 _RFC3339 = re.compile(
-    r"^(\d{4})-(0[1-9]|1[0-2])-(\d{2})T(?:[01]\d|2[0123]):[0-5]\d:[0-5]\d(?:\.\d+)?"
+    r"^\d{4}-(?:0[1-9]|1[0-2])-\d{2}T(?:[01]\d|2[0123]):[0-5]\d:[0-5]\d(?:\.\d+)?"
     r"(?:Z|[+-](?:[01]\d|2[0123]):[0-5]\d)$",
     re.ASCII | re.IGNORECASE,
 )
@@ -50,7 +50,7 @@ def _allows_null(schema: Any) -> bool:
     return ("null" in types if isinstance(types, list) else types == "null") and not {"enum", "const"} & set(schema)
 
 
-_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_MONTHS_OF_31_DAYS = frozenset({"01", "03", "05", "07", "08", "10", "12"})
 
 
 class Unsupported(Exception):
@@ -61,13 +61,17 @@ def is_date_time(value: Any) -> bool:
     """The ``date-time`` format exactly as jsonschema checks it (with rfc3339_validator installed)."""
     if not isinstance(value, str):
         return True
-    m = _RFC3339.match(value)
-    if m is None:
+    if _RFC3339.match(value) is None:
         return False
-    if "01" <= value[8:10] <= "28" and value[:4] != "0000":  # every month has these days (ASCII digits here)
+    # The pattern put ASCII digits at these places: compared as text, without making numbers of them.
+    year, month, day = value[:4], value[5:7], value[8:10]
+    if year == "0000" or day == "00":
+        return False
+    if day <= "28":
         return True
-    year, month, day = int(m[1]), int(m[2]), int(m[3])
-    return year != 0 and 1 <= day <= _DAYS_IN_MONTH[month] + (month == 2 and calendar.isleap(year))
+    if day <= "30":
+        return month != "02" or (day == "29" and calendar.isleap(int(year)))
+    return day == "31" and month in _MONTHS_OF_31_DAYS
 
 
 def _as_format(check: Callable[[Any], bool], raises: Any) -> Callable[[Any], bool]:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from .protocol import DEFAULT_ENDPOINT
-from .record import base_record, json_text, usage_fields
+from .record import base_record, iso, json_text, usage_fields
 
 # gen_ai.operation.name (or the span name's suffix, e.g. "gen_ai.chat") -> request_type
 OPERATIONS = {
@@ -434,7 +434,7 @@ def request_id(span: dict, r: dict | None = None) -> str:
 def _timing(rec: dict, span: dict, r: dict) -> None:
     end_ns = span["end_ns"] or span["start_ns"]
     ended = datetime.fromtimestamp(end_ns / 1e9, UTC) if end_ns else datetime.now(UTC)
-    rec["ended_at"] = ended.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    rec["ended_at"] = iso(ended)
     rec["latency_ms"] = (
         max(0, min(2147483647, int((end_ns - span["start_ns"]) / 1e6))) if span["start_ns"] else 0
     )
