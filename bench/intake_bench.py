@@ -3,7 +3,8 @@
     python bench/intake_bench.py [--records 100000] [--batch 1000 5000]
 
 Everything runs in this process, on one thread for the work and the landing writer's thread for the I/O,
-as a proxy worker does (no HTTP: the proxy_bench measures requests):
+as a proxy worker does (no HTTP: the proxy_bench measures requests; malloc tuned as a worker tunes it,
+``server.keep_freed_memory``):
 
 - floor: orjson.loads of every line of the batch and an append of the batch to a file, no validation;
 - intake: ``intake.process_batch`` (the compiled schema checks, the UTC hour of each record) and
@@ -14,7 +15,9 @@ as a proxy worker does (no HTTP: the proxy_bench measures requests):
 - files: the segments the run created, beside one per batch and UTC hour (how intake landed before);
 - peak RSS of the process.
 
-The figures depend on the machine and on what else runs on it: run it on a quiet machine.
+The figures depend on the machine and on what else runs on it: run it on a quiet machine. Each figure is
+given per wall second and per CPU second of the process (both threads): on a busy machine compare the CPU
+figures, which leave out the time other processes held the core.
 """
 
 from __future__ import annotations
