@@ -139,16 +139,20 @@ def _by_shape(schema: dict, formats: dict[str, Callable[[Any], bool]], general: 
     asks for every property the record does not have. The first ``SHAPES`` key lists get their own check.
     """
     checks: dict[tuple, Callable[[dict], bool]] = {}
+    last: list[tuple] = [((), general)]  # the last shape met and its check: the next record's, most often
 
     def check(value: Any) -> bool:
         if value.__class__ is not dict:
             return False
         shape = tuple(value)
-        shaped = checks.get(shape)
-        if shaped is None:
-            if len(checks) >= SHAPES:
-                return general(value)
-            shaped = checks[shape] = _Compiler(formats).compile_shape(schema, shape)
+        last_shape, shaped = last[0]
+        if shape != last_shape:
+            shaped = checks.get(shape)
+            if shaped is None:
+                if len(checks) >= SHAPES:
+                    return general(value)
+                shaped = checks[shape] = _Compiler(formats).compile_shape(schema, shape)
+            last[0] = (shape, shaped)
         return shaped(value)
 
     return check
@@ -273,7 +277,11 @@ class _Compiler:
             out += [pad + f"if {is_str}not {pattern}.search({var}):", pad + "    return False"]
         if "format" in schema and schema["format"] in self.formats:
             check = self.const(self.formats[schema["format"]])
-            out += [pad + f"if {is_str}not {check}({var}):", pad + "    return False"]
+            test = f"{check}({var})"
+            if self.formats[schema["format"]] is is_date_time:  # days 1-28 decided here, without a call
+                fast = f"{self.const(_RFC3339)}.match({var}) is not None and '01' <= {var}[8:10] <= '28'"
+                test = f"({fast} and {var}[:4] != '0000' or {test})"
+            out += [pad + f"if {is_str}not {test}:", pad + "    return False"]
         return out
 
     def object_checks(self, schema: dict, var: str, ind: int, *, bare: bool) -> list[str]:
