@@ -3,7 +3,8 @@ hot path (a few microseconds a record, where jsonschema takes about 150).
 
 ``compile_check(schema)`` writes straight-line code for the keywords the record's schema uses (type, enum,
 const, minimum/maximum, minLength/maxLength, pattern, format, required, properties, additionalProperties,
-items; annotations are skipped). A schema with any other keyword is compiled by fastjsonschema instead, so a
+items; annotations are skipped), and for an object schema one more function per list of keys it meets,
+which reads each of those keys by name (``_by_shape``). A schema with any other keyword is compiled by fastjsonschema instead, so a
 new keyword in ``schemas/`` is still checked, only more slowly. Either way it is a filter: a record it calls
 invalid is explained (or, if the two ever disagree, accepted) by the reference, jsonschema (``intake``), and
 ``test_compiled_schema`` checks on a generated corpus that they agree.
@@ -135,7 +136,7 @@ def _by_shape(schema: dict, formats: dict[str, Callable[[Any], bool]], general: 
     """The check of an object schema specialized to each list of keys it meets (``_Compiler.compile_shape``).
 
     A sender writes every record with the same keys in the same order, and a check of those keys alone reads
-    each one by its name with no test for its absence: a third of the work of the general check, which also
+    each one by its name with no test for its absence: about half the work of the general check, which also
     asks for every property the record does not have. The first ``SHAPES`` key lists get their own check.
     """
     checks: dict[tuple, Callable[[dict], bool]] = {}
