@@ -101,8 +101,8 @@ def record_hour(obj: dict) -> datetime:
 class HourGroups:
     """Serialized records grouped by the UTC hour of their timestamp (``groups``).
 
-    A timestamp written in UTC (``Z``, ``+00:00``) has its hour in its first 13 characters: a batch's records share a
-    few hours, and a dict lookup of that prefix is cheaper than parsing each timestamp.
+    A timestamp written in UTC (``Z``, ``+00:00``) has its hour in its first 13 characters: a batch's records
+    share a few hours, and a dict lookup of that prefix is cheaper than parsing each timestamp.
     """
 
     def __init__(self) -> None:
