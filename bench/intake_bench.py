@@ -3,7 +3,8 @@
     python bench/intake_bench.py [--records 100000] [--batch 1000 5000]
 
 Everything runs in this process, on one thread for the work and the landing writer's thread for the I/O,
-as a proxy worker does (no HTTP: the proxy_bench measures requests):
+as a proxy worker does (no HTTP: the proxy_bench measures requests; malloc tuned as a worker tunes it,
+``server.keep_freed_memory``):
 
 - floor: orjson.loads of every line of the batch and an append of the batch to a file, no validation;
 - intake: ``intake.process_batch`` (the compiled schema checks, the UTC hour of each record) and
@@ -14,7 +15,9 @@ as a proxy worker does (no HTTP: the proxy_bench measures requests):
 - files: the segments the run created, beside one per batch and UTC hour (how intake landed before);
 - peak RSS of the process.
 
-The figures depend on the machine and on what else runs on it: run it on a quiet machine.
+The figures depend on the machine and on what else runs on it: run it on a quiet machine. Each figure is
+given per wall second and per CPU second of the process (both threads): on a busy machine compare the CPU
+figures, which leave out the time other processes held the core.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bifrost_pipeline.proxy import intake, otlp  # noqa: E402
 from bifrost_pipeline.proxy.pricing import Pricing  # noqa: E402
+from bifrost_pipeline.proxy.server import keep_freed_memory  # noqa: E402
 from bifrost_pipeline.proxy.writer import LandingWriter  # noqa: E402
 
 OTLP_FIXTURE = ROOT / "bifrost_pipeline_tests" / "data" / "otlp" / "openai-v2--chat-content.0.traces.pb"
@@ -78,29 +82,39 @@ def canonical_records(n: int, start: datetime) -> list[bytes]:
     return out
 
 
-def floor(batches: list[bytes], path: Path) -> float:
-    """Seconds to parse every line and append each batch to a file (fsynced per batch), no validation."""
-    t0 = time.perf_counter()
-    with open(path, "ab") as fh:
+class Clock:
+    """Wall seconds and CPU seconds of this process (every thread: the work and the writer's I/O). On a busy
+    machine the CPU figure is the one to compare: the wall figure counts the time others held the core."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def floor(batches: list[bytes], path: Path) -> Clock:
+    """Time to parse every line and append each batch to a file (fsynced per batch), no validation."""
+    with Clock() as clock, open(path, "ab") as fh:
         for body in batches:
             for line in body.split(b"\n"):
                 orjson.loads(line)
             fh.write(body + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
-    return time.perf_counter() - t0
+    return clock
 
 
-async def _land(root: Path, bodies: list[bytes], convert) -> tuple[float, LandingWriter]:
+async def _land(root: Path, bodies: list[bytes], convert) -> tuple[Clock, LandingWriter]:
     writer = LandingWriter(root, queue_size=1000, segment_max_bytes=64 << 20, segment_max_age_s=60, flush_interval_s=1)
     writer.start(asyncio.get_running_loop())
-    t0 = time.perf_counter()
-    for body in bodies:
-        groups = convert(body)
-        await writer.commit(groups)
-    elapsed = time.perf_counter() - t0
+    with Clock() as clock:
+        for body in bodies:
+            groups = convert(body)
+            await writer.commit(groups)
     await writer.aclose()
-    return elapsed, writer
+    return clock, writer
 
 
 def run_logs(records: list[bytes], batch: int, work: Path) -> dict:
@@ -108,16 +122,19 @@ def run_logs(records: list[bytes], batch: int, work: Path) -> dict:
     mb = sum(len(b) for b in bodies) / 1e6
     base = floor(bodies, work / f"floor-{batch}.ndjson")
     root = work / f"landing-{batch}"
-    elapsed, writer = asyncio.run(_land(root, bodies, lambda b: intake.process_batch(b, strip_content=False)[0]))
+    clock, writer = asyncio.run(_land(root, bodies, lambda b: intake.process_batch(b, strip_content=False)[0]))
     files = len(list(root.rglob("*.ndjson")))
     per_batch_hours = sum(len(intake.process_batch(b, strip_content=False)[0]) for b in bodies[:1]) * len(bodies)
     n = len(records)
     return {
         "batch": batch,
-        "floor_rps": n / base,
-        "intake_rps": n / elapsed,
-        "intake_mbps": mb / elapsed,
-        "ratio": base / elapsed,
+        "floor_rps": n / base.wall,
+        "intake_rps": n / clock.wall,
+        "intake_mbps": mb / clock.wall,
+        "ratio": base.wall / clock.wall,
+        "floor_cpu_rps": n / base.cpu,
+        "intake_cpu_rps": n / clock.cpu,
+        "cpu_ratio": base.cpu / clock.cpu,
         "files": files,
         "files_one_per_batch_hour": per_batch_hours,
         "group_commits": writer.group_commits,
@@ -159,9 +176,14 @@ def run_otlp(total: int, work: Path) -> dict:
         spans, _ = otlp.decode(body, "application/x-protobuf", "")
         return intake.convert_spans(spans, customer_id="bench", content=True, pricing=pricing).groups
 
-    elapsed, writer = asyncio.run(_land(work / "landing-otlp", bodies, convert))
+    clock, writer = asyncio.run(_land(work / "landing-otlp", bodies, convert))
     n = 1000 * len(bodies)
-    return {"spans": n, "spans_per_s": n / elapsed, "landed": writer.rotating.lines_published}
+    return {
+        "spans": n,
+        "spans_per_s": n / clock.wall,
+        "spans_per_cpu_s": n / clock.cpu,
+        "landed": writer.rotating.lines_published,
+    }
 
 
 def main() -> None:
@@ -174,11 +196,12 @@ def main() -> None:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core for the work (and the writer)
     except (AttributeError, OSError):
         pass
+    keep_freed_memory()  # as a proxy worker does at its start
     records = canonical_records(args.records, datetime(2026, 3, 4, 5, tzinfo=UTC))
     size = sum(len(r) for r in records) / len(records)
     print(f"{args.records} canonical records of {size:.0f} bytes on average, two UTC hours")
     print(f"{'batch':>6} {'floor rec/s':>12} {'intake rec/s':>13} {'MB/s':>7} {'x floor':>8} {'files':>6} "
-          f"{'(1/batch/hour)':>15} {'fsyncs':>7}")  # fmt: skip
+          f"{'(1/batch/hour)':>15} {'fsyncs':>7}   per CPU second: {'floor':>8} {'intake':>8} {'x floor':>8}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="intake-bench-") as tmp:
         work = Path(tmp)
         for batch in args.batch:
@@ -186,9 +209,13 @@ def main() -> None:
             print(
                 f"{r['batch']:>6} {r['floor_rps']:>12,.0f} {r['intake_rps']:>13,.0f} {r['intake_mbps']:>7.1f} "
                 f"{r['ratio']:>8.2f} {r['files']:>6} {r['files_one_per_batch_hour']:>15} {r['group_commits']:>7}"
+                f"{'':>19}{r['floor_cpu_rps']:>9,.0f} {r['intake_cpu_rps']:>8,.0f} {r['cpu_ratio']:>8.2f}"
             )
         o = run_otlp(args.spans, work)
-        print(f"OTLP protobuf, 1,000 openai-v2 chat spans a body: {o['spans_per_s']:,.0f} spans/s ({o['landed']} landed)")
+        print(
+            f"OTLP protobuf, 1,000 openai-v2 chat spans a body: {o['spans_per_s']:,.0f} spans/s, "
+            f"{o['spans_per_cpu_s']:,.0f} per CPU second ({o['landed']} landed)"
+        )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MB")
     print(

@@ -3,7 +3,8 @@ hot path (a few microseconds a record, where jsonschema takes about 150).
 
 ``compile_check(schema)`` writes straight-line code for the keywords the record's schema uses (type, enum,
 const, minimum/maximum, minLength/maxLength, pattern, format, required, properties, additionalProperties,
-items; annotations are skipped). A schema with any other keyword is compiled by fastjsonschema instead, so a
+items; annotations are skipped), and for an object schema one more function per list of keys it meets,
+which reads each of those keys by name (``_by_shape``). A schema with any other keyword is compiled by fastjsonschema instead, so a
 new keyword in ``schemas/`` is still checked, only more slowly. Either way it is a filter: a record it calls
 invalid is explained (or, if the two ever disagree, accepted) by the reference, jsonschema (``intake``), and
 ``test_compiled_schema`` checks on a generated corpus that they agree.
@@ -36,10 +37,21 @@ _CLASSES: dict[str, tuple[type, ...]] = {"string": (str,), "boolean": (bool,), "
 # rfc3339_validator's pattern (what jsonschema's date-time check calls), case-insensitive instead of
 # upper-casing every value first.
 _RFC3339 = re.compile(
-    r"^(\d{4})-(0[1-9]|1[0-2])-(\d{2})T(?:[01]\d|2[0123]):[0-5]\d:[0-5]\d(?:\.\d+)?"
+    r"^\d{4}-(?:0[1-9]|1[0-2])-\d{2}T(?:[01]\d|2[0123]):[0-5]\d:[0-5]\d(?:\.\d+)?"
     r"(?:Z|[+-](?:[01]\d|2[0123]):[0-5]\d)$",
     re.ASCII | re.IGNORECASE,
 )
+
+
+def _allows_null(schema: Any) -> bool:
+    """Whether null passes every keyword of ``schema`` (the other keywords test only values of their type)."""
+    if not isinstance(schema, dict):
+        return schema is True
+    types = schema.get("type", ())
+    return ("null" in types if isinstance(types, list) else types == "null") and not {"enum", "const"} & set(schema)
+
+
+_MONTHS_OF_31_DAYS = frozenset({"01", "03", "05", "07", "08", "10", "12"})
 
 
 class Unsupported(Exception):
@@ -50,11 +62,17 @@ def is_date_time(value: Any) -> bool:
     """The ``date-time`` format exactly as jsonschema checks it (with rfc3339_validator installed)."""
     if not isinstance(value, str):
         return True
-    m = _RFC3339.match(value)
-    if m is None:
+    if _RFC3339.match(value) is None:
         return False
-    year, month, day = int(m[1]), int(m[2]), int(m[3])
-    return year != 0 and 1 <= day and (day <= 28 or day <= calendar.monthrange(year, month)[1])
+    # The pattern put ASCII digits at these places: compared as text, without making numbers of them.
+    year, month, day = value[:4], value[5:7], value[8:10]
+    if year == "0000" or day == "00":
+        return False
+    if day <= "28":
+        return True
+    if day <= "30":
+        return month != "02" or (day == "29" and calendar.isleap(int(year)))
+    return day == "31" and month in _MONTHS_OF_31_DAYS
 
 
 def _as_format(check: Callable[[Any], bool], raises: Any) -> Callable[[Any], bool]:
@@ -92,7 +110,7 @@ def _formats_used(node: Any) -> set[str]:
 def compile_check(schema: dict, formats: dict[str, Callable[[Any], bool]]) -> Callable[[Any], bool]:
     """A function ``check(value) -> bool`` equivalent to validating ``value`` against ``schema``."""
     try:
-        return _Compiler(formats).compile(schema)
+        general = _Compiler(formats).compile(schema)
     except Unsupported:
         validate = fastjsonschema.compile(schema, formats=formats, use_default=False)
         invalid = fastjsonschema.JsonSchemaValueException
@@ -105,19 +123,71 @@ def compile_check(schema: dict, formats: dict[str, Callable[[Any], bool]]) -> Ca
             return True
 
         return check
+    shaped = {k for k in schema if k not in ANNOTATIONS and not k.startswith("x-")}
+    if schema.get("type") == "object" and shaped <= {"type", "properties", "required", "additionalProperties"}:
+        return _by_shape(schema, formats, general)
+    return general
+
+
+SHAPES = 512  # key lists with a check of their own; records of other shapes get the general check
+
+
+def _by_shape(schema: dict, formats: dict[str, Callable[[Any], bool]], general: Callable[[Any], bool]):
+    """The check of an object schema specialized to each list of keys it meets (``_Compiler.compile_shape``).
+
+    A sender writes every record with the same keys in the same order, and a check of those keys alone reads
+    each one by its name with no test for its absence: about half the work of the general check, which also
+    asks for every property the record does not have. The first ``SHAPES`` key lists get their own check.
+    """
+    checks: dict[tuple, Callable[[dict], bool]] = {}
+    last: list[tuple] = [((), general)]  # the last shape met and its check: the next record's, most often
+
+    def check(value: Any) -> bool:
+        if value.__class__ is not dict:
+            return False
+        shape = tuple(value)
+        last_shape, shaped = last[0]
+        if shape != last_shape:
+            shaped = checks.get(shape)
+            if shaped is None:
+                if len(checks) >= SHAPES:
+                    return general(value)
+                shaped = checks[shape] = _Compiler(formats).compile_shape(schema, shape)
+            last[0] = (shape, shaped)
+        return shaped(value)
+
+    return check
 
 
 class _Compiler:
     def __init__(self, formats: dict[str, Callable[[Any], bool]]):
-        self.consts: dict[str, Any] = {"_MISSING": object()}
+        self.consts: dict[str, Any] = {"_MISSING": object()}  # an absent key (.get(name, _MISSING))
         self.formats = formats
         self.depth = 0
 
     def compile(self, schema: dict) -> Callable[[Any], bool]:
         # A required key is read with v0[...]: a missing one raises KeyError, caught once for the whole body.
-        body = self.emit(schema, "v0", 2)
-        source = "def check(v0):\n    try:\n" + "\n".join(body) + "\n    except KeyError:\n        return False\n"
-        source += "    return True\n"
+        return self.function(["    try:", *self.emit(schema, "v0", 2), "    except KeyError:", "        return False"])
+
+    def compile_shape(self, schema: dict, shape: tuple) -> Callable[[dict], bool]:
+        """The check of the dicts whose keys are ``shape`` (an object schema: properties, required,
+        additionalProperties), each key read by its name."""
+        if not set(schema.get("required", ())) <= set(shape):
+            return self.function(["    return False"])
+        props = schema.get("properties", {})
+        body = []
+        for name in shape:
+            if name in props:
+                body += self.property_checks(props[name], "v0", repr(name), 1, present=True)
+        extra = schema.get("additionalProperties", True)
+        unknown = tuple(k for k in shape if k not in props)
+        if unknown and extra is not True and extra != {}:
+            key = self.fresh()
+            body += [f"    for {key} in {self.const(unknown)}:", *self.property_checks(extra, "v0", key, 2, present=True)]
+        return self.function(body)
+
+    def function(self, body: list[str]) -> Callable[[Any], bool]:
+        source = "\n".join(["def check(v0):", *body, "    return True", ""])
         namespace = dict(self.consts)
         exec(compile(source, "<compiled log_record schema>", "exec"), namespace)  # noqa: S102 (our own code)
         return namespace["check"]
@@ -127,8 +197,9 @@ class _Compiler:
         self.consts[name] = value
         return name
 
-    def emit(self, schema: Any, var: str, ind: int) -> list[str]:
-        """Lines that ``return False`` when ``var`` does not match ``schema``."""
+    def emit(self, schema: Any, var: str, ind: int, *, not_null: bool = False) -> list[str]:
+        """Lines that ``return False`` when ``var`` does not match ``schema`` (``not_null``: ``var`` is known
+        not to be None)."""
         if schema is True or schema == {}:
             return []
         if schema is False:
@@ -141,7 +212,11 @@ class _Compiler:
             types = [types]
         pad = "    " * ind
         out = [pad + f"if not ({self.type_test(types, var)}):", pad + "    return False"] if types else []
-        out += self.scalar_checks(schema, var, ind)
+        # What the value's class can be past the type test: a check of one kind of value needs no class test.
+        classes = {c for t in types for c in _CLASSES[t]} if types else None
+        if classes is not None and not_null:
+            classes.discard(type(None))
+        out += self.scalar_checks(schema, var, ind, classes)
         if any(k in schema for k in ("properties", "required", "additionalProperties")):
             out += self.object_checks(schema, var, ind, bare=types == ["object"])
         if "items" in schema:
@@ -150,6 +225,22 @@ class _Compiler:
             if inner:
                 out += [pad + f"if {var}.__class__ is list:", pad + f"    for {item} in {var}:", *inner]
         return out
+
+    def property_checks(self, schema: Any, obj: str, key: str, ind: int, *, present: bool) -> list[str]:
+        """Lines that read ``obj[key]`` into a fresh variable and check it (``key``: an expression). If not
+        ``present``, an absent key passes. A null is not checked further where the schema allows it."""
+        val, null_passes = self.fresh(), _allows_null(schema)
+        checks = self.emit(schema, val, ind + 1, not_null=null_passes)
+        if not checks:
+            return []
+        pad = "    " * ind
+        if present and not null_passes:
+            return [pad + f"{val} = {obj}[{key}]", *(line[4:] for line in checks)]
+        if present:
+            read = f"{obj}[{key}]"
+        else:
+            read = f"{obj}.get({key})" if null_passes else f"{obj}.get({key}, _MISSING)"
+        return [pad + f"{val} = {read}", pad + f"if {val} is not {'None' if null_passes else '_MISSING'}:", *checks]
 
     def fresh(self) -> str:
         self.depth += 1
@@ -165,29 +256,33 @@ class _Compiler:
             tests.append(f"({var}.__class__ is float and {var}.is_integer())")
         return " or ".join(tests)
 
-    def scalar_checks(self, schema: dict, var: str, ind: int) -> list[str]:
+    def scalar_checks(self, schema: dict, var: str, ind: int, classes: set[type] | None) -> list[str]:
+        """Checks of a string's or a number's value; ``classes``: what ``var``'s class is known to be among."""
         pad, out = "    " * ind, []
+        is_str = "" if classes and classes <= {str} else f"{var}.__class__ is str and "
+        is_num = "" if classes and classes <= {int, float} else f"{var}.__class__ in {self.const(frozenset({int, float}))} and "
         if "enum" in schema or "const" in schema:
             allowed = schema["enum"] if "enum" in schema else [schema["const"]]
             if not all(isinstance(a, str) for a in allowed):
                 raise Unsupported("enum or const of other values than strings")
-            only_str = schema.get("type") in ("string", ["string"])  # then the type test ran: no class test here
-            test = "" if only_str else f"{var}.__class__ is not str or "
-            out += [pad + f"if {test}{var} not in {self.const(frozenset(allowed))}:"]
-            out += [pad + "    return False"]
-        num = f"{var}.__class__ in {self.const(frozenset({int, float}))}"
+            test = "" if is_str == "" else f"{var}.__class__ is not str or "  # unhashable values never reach `in`
+            out += [pad + f"if {test}{var} not in {self.const(frozenset(allowed))}:", pad + "    return False"]
         for key, op in (("minimum", "<"), ("maximum", ">"), ("exclusiveMinimum", "<="), ("exclusiveMaximum", ">=")):
             if key in schema:
-                out += [pad + f"if {num} and {var} {op} {schema[key]!r}:", pad + "    return False"]
+                out += [pad + f"if {is_num}{var} {op} {schema[key]!r}:", pad + "    return False"]
         for key, op in (("minLength", "<"), ("maxLength", ">")):
             if key in schema:
-                out += [pad + f"if {var}.__class__ is str and len({var}) {op} {schema[key]!r}:", pad + "    return False"]
+                out += [pad + f"if {is_str}len({var}) {op} {schema[key]!r}:", pad + "    return False"]
         if "pattern" in schema:
             pattern = self.const(re.compile(schema["pattern"]))
-            out += [pad + f"if {var}.__class__ is str and not {pattern}.search({var}):", pad + "    return False"]
+            out += [pad + f"if {is_str}not {pattern}.search({var}):", pad + "    return False"]
         if "format" in schema and schema["format"] in self.formats:
             check = self.const(self.formats[schema["format"]])
-            out += [pad + f"if {var}.__class__ is str and not {check}({var}):", pad + "    return False"]
+            test = f"{check}({var})"
+            if self.formats[schema["format"]] is is_date_time:  # days 1-28 decided here, without a call
+                fast = f"{self.const(_RFC3339)}.match({var}) is not None and '01' <= {var}[8:10] <= '28'"
+                test = f"({fast} and {var}[:4] != '0000' or {test})"
+            out += [pad + f"if {is_str}not {test}:", pad + "    return False"]
         return out
 
     def object_checks(self, schema: dict, var: str, ind: int, *, bare: bool) -> list[str]:
@@ -199,14 +294,7 @@ class _Compiler:
         props = schema.get("properties", {})
         required = set(schema.get("required", []))
         for name, sub in props.items():
-            val = self.fresh()
-            if name in required:
-                out += [ipad + f"{val} = {var}[{name!r}]", *self.emit(sub, val, inner)]
-                continue
-            out += [ipad + f"{val} = {var}.get({name!r}, _MISSING)"]
-            checks = self.emit(sub, val, inner + 1)
-            if checks:
-                out += [ipad + f"if {val} is not _MISSING:", *checks]
+            out += self.property_checks(sub, var, repr(name), inner, present=name in required)
         for name in sorted(required - set(props)):
             out += [ipad + f"if {name!r} not in {var}:", ipad + "    return False"]
         extra = schema.get("additionalProperties", True)

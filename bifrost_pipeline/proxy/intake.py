@@ -14,7 +14,7 @@ GenAI spans the same way (``convert_spans``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -87,93 +87,95 @@ def check_record(obj: Any) -> list[dict[str, str]]:
     return [{"path": _path(e), "reason": e.message[:500]} for e in errors[:MAX_ERRORS_PER_RECORD]]
 
 
-_UTC_SUFFIXES = ("Z", "z", "+00:00", "-00:00")
-
-
 def _parse_timestamp(ts: str) -> datetime:
     # RFC 3339 allows a lower-case t and z, which fromisoformat does not; the pattern's $ allows a final \n.
     parsed = datetime.fromisoformat(ts.upper().rstrip("\n"))
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def record_hour(obj: dict, seen: dict[str, datetime] | None = None) -> datetime:
-    """The UTC hour of a valid record's timestamp.
+def record_hour(obj: dict) -> datetime:
+    """The UTC hour of a valid record's timestamp."""
+    return hour_key(_parse_timestamp(obj["timestamp"]))
 
-    ``seen`` maps the first 13 characters of UTC timestamps to their hour: a batch's records share a few
-    hours, and a dict lookup is cheaper than parsing every timestamp.
+
+class HourGroups:
+    """Serialized records grouped by the UTC hour of their timestamp (``groups``).
+
+    A timestamp written in UTC (``Z``, ``+00:00``) has its hour in its first 13 characters: a batch's records
+    share a few hours, and a dict lookup of that prefix is cheaper than parsing each timestamp.
     """
-    ts = obj["timestamp"]
-    key = ts[:13] if seen is not None and ts.endswith(_UTC_SUFFIXES) else None
-    if key is not None:
-        hour = seen.get(key)
-        if hour is not None:
-            return hour
-    hour = hour_key(_parse_timestamp(ts))
-    if key is not None:
-        seen[key] = hour
-    return hour
+
+    def __init__(self) -> None:
+        self.groups: Groups = {}
+        self.by_prefix: dict[str, list[bytes]] = {}
+
+    def lines(self, obj: dict) -> list[bytes]:
+        """The list to append ``obj``'s serialized line to."""
+        ts = obj["timestamp"]
+        utc = ts[-1] in "Zz" or ts[-6:] in ("+00:00", "-00:00")
+        if utc:
+            found = self.by_prefix.get(ts[:13])
+            if found is not None:
+                return found
+        hour = record_hour(obj)
+        found = self.groups.get(hour)
+        if found is None:
+            found = self.groups[hour] = []
+        if utc:
+            self.by_prefix[ts[:13]] = found
+        return found
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.groups.values())
 
 
-def split_batch(body: bytes) -> tuple[str, Iterator[tuple[int, Any, str | None, bytes | None]]]:
-    """(kind, (line or index, decoded value or None, decode error, the line's bytes) of each item) of an
-    NDJSON or JSON-array body. A body that starts with '[' but is not a JSON array raises ValueError."""
-    if body.lstrip()[:1] == b"[":
-        try:
-            items = orjson.loads(body)
-        except orjson.JSONDecodeError as err:
-            raise ValueError(f"the body starts with '[' but is not a JSON array: {err}") from None
-        if not isinstance(items, list):
-            raise ValueError("the body starts with '[' but is not a JSON array")
-        return "index", ((i, item, None, None) for i, item in enumerate(items))
-    return "line", _ndjson_items(body)
-
-
-def _ndjson_items(body: bytes) -> Iterator[tuple[int, Any, str | None, bytes | None]]:
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    for lineno, line in enumerate(body.split(b"\n"), start=1):
-        try:
-            yield lineno, loads(line), None, line
-        except decode_error as err:
-            if line.strip():
-                yield lineno, None, f"invalid JSON: {err}", None
+def _array_items(body: bytes) -> list:
+    try:
+        items = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise ValueError(f"the body starts with '[' but is not a JSON array: {err}") from None
+    if not isinstance(items, list):
+        raise ValueError("the body starts with '[' but is not a JSON array")
+    return items
 
 
 def process_batch(body: bytes, *, strip_content: bool) -> tuple[Groups, dict]:
-    """Validate a batch: (lines to land grouped by UTC hour, the answer's report).
+    """Validate a batch (NDJSON, or a JSON array if it starts with '['): (lines to land grouped by UTC hour,
+    the answer's report). A body that starts with '[' but is not a JSON array raises ValueError.
 
     A valid NDJSON line lands as the sender wrote it (less surrounding white space): it is one JSON object on
     one line, and not serializing it again saves a third of the work. With content logging off, or from a
     JSON array, the decoded record is serialized.
     """
-    kind, items = split_batch(body)
-    valid = compiled_check()
-    dumps, seen = orjson.dumps, {}
-    groups: Groups = {}
-    rejected = []
-    for pos, obj, decode_error, raw in items:
-        if decode_error is not None:
-            rejected.append({kind: pos, "path": "(line)", "reason": decode_error, "errors": []})
-            continue
-        if not valid(obj):  # the hot path: one call into generated code
+    ndjson = body.lstrip()[:1] != b"["
+    kind = "line" if ndjson else "index"
+    items = enumerate(body.split(b"\n"), start=1) if ndjson else enumerate(_array_items(body))
+    valid, loads, decode_error, dumps = compiled_check(), orjson.loads, orjson.JSONDecodeError, orjson.dumps
+    hours, rejected = HourGroups(), []
+    for pos, item in items:  # the hot loop: one decode and one call into the compiled check a line
+        if ndjson:
+            try:
+                obj = loads(item)
+            except decode_error as err:
+                if item.strip():
+                    rejected.append({kind: pos, "path": "(line)", "reason": f"invalid JSON: {err}", "errors": []})
+                continue
+        else:
+            obj = item
+        if not valid(obj):
             problems = check_record(obj)
             if problems:
-                rejected.append(
-                    {kind: pos, "path": problems[0]["path"], "reason": problems[0]["reason"], "errors": problems}
-                )
+                first = problems[0]
+                rejected.append({kind: pos, "path": first["path"], "reason": first["reason"], "errors": problems})
                 continue
         if strip_content:
             obj["input_content"] = None
             obj["output_content"] = None
             if obj.get("tool_calls") is not None:  # content too: the model's arguments (schema version 2)
                 obj["tool_calls"] = None
-            raw = None
-        hour = record_hour(obj, seen)
-        lines = groups.get(hour)
-        if lines is None:
-            lines = groups[hour] = []
-        lines.append(dumps(obj) if raw is None else raw.strip())
-    accepted = sum(len(v) for v in groups.values())
-    return groups, {"accepted": accepted, "rejected_count": len(rejected), "rejected": rejected}
+        hours.lines(obj).append(item.strip() if ndjson and not strip_content else dumps(obj))
+    return hours.groups, {"accepted": hours.count, "rejected_count": len(rejected), "rejected": rejected}
 
 
 @dataclass
@@ -192,7 +194,8 @@ class SpanBatch:
 
 def convert_spans(spans: list[dict], *, customer_id: str, content: bool, pricing: Pricing) -> SpanBatch:
     """Records of the GenAI spans among ``spans``, each checked against the JSON Schema."""
-    batch, seen = SpanBatch(), {}
+    batch, hours, valid = SpanBatch(), HourGroups(), compiled_check()
+    batch.groups = hours.groups
     for span in spans:
         if not otlp.is_genai(span):
             batch.skipped += 1
@@ -201,13 +204,12 @@ def convert_spans(spans: list[dict], *, customer_id: str, content: bool, pricing
             if "error" in span:
                 raise ValueError(span["error"])
             rec = otlp.span_to_record(span, customer_id=customer_id, content=content, pricing=pricing)
-            problems = check_record(rec)
+            problems = [] if valid(rec) else check_record(rec)
         except Exception as err:  # a span we cannot read is reported, not fatal
             problems = [{"path": "(span)", "reason": str(err)}]
         if problems:
             batch.rejected += 1
             batch.reasons.append(f"span {span['span_id']}: {problems[0]['path']}: {problems[0]['reason']}")
             continue
-        batch.groups.setdefault(record_hour(rec, seen), []).append(orjson.dumps(rec))
+        hours.lines(rec).append(orjson.dumps(rec))
     return batch
-

@@ -15,13 +15,14 @@ import ast
 import base64
 import gzip
 from datetime import UTC, datetime
+from operator import methodcaller
 from typing import Any
 
 import orjson
 
 from .capture import tool_name
 from .protocol import DEFAULT_ENDPOINT
-from .record import base_record, json_text, usage_fields
+from .record import base_record, iso, json_text, usage_fields
 
 # gen_ai.operation.name (or the span name's suffix, e.g. "gen_ai.chat") -> request_type
 OPERATIONS = {
@@ -60,6 +61,16 @@ def _any_pb(v) -> Any:
     return getattr(v, kind)
 
 
+def _attributes_pb(kvs) -> dict[str, Any]:
+    """A repeated KeyValue as a dict. Most values are strings: read at once, without asking the AnyValue
+    which of its fields is set (an empty string_value is also what every other kind reads as)."""
+    out = {}
+    for kv in kvs:
+        v = kv.value
+        out[kv.key] = v.string_value or _any_pb(v)
+    return out
+
+
 def _any_json(v: Any) -> Any:
     if not isinstance(v, dict):
         return v
@@ -87,7 +98,7 @@ def decode_protobuf(body: bytes) -> list[dict]:
     req.ParseFromString(body)
     spans = []
     for rs in req.resource_spans:
-        resource = {kv.key: _any_pb(kv.value) for kv in rs.resource.attributes}
+        resource = _attributes_pb(rs.resource.attributes)
         for ss in rs.scope_spans:
             for s in ss.spans:
                 spans.append(
@@ -100,11 +111,8 @@ def decode_protobuf(body: bytes) -> list[dict]:
                         "end_ns": s.end_time_unix_nano,
                         "status_code": s.status.code,
                         "status_message": s.status.message,
-                        "attributes": {kv.key: _any_pb(kv.value) for kv in s.attributes},
-                        "events": [
-                            {"name": e.name, "attributes": {kv.key: _any_pb(kv.value) for kv in e.attributes}}
-                            for e in s.events
-                        ],
+                        "attributes": _attributes_pb(s.attributes),
+                        "events": [{"name": e.name, "attributes": _attributes_pb(e.attributes)} for e in s.events],
                         "resource": resource,
                     }
                 )
@@ -207,12 +215,54 @@ _FALSE = frozenset({"false", "0", "no", ""})
 USAGE_TEXT_LIMIT = 4096  # a LiteLLM usage object (Python literal text) longer than this is not parsed
 
 
-def _first(attrs: dict, *names: str) -> Any:
-    for n in names:
-        v = attrs.get(n)
-        if v is not None and v != "":
-            return v
-    return None
+# What a record reads from a span -> the attribute names that carry it, the preferred one first (current
+# conventions, then older ones, then LiteLLM's and OpenLLMetry's). A name belongs to one reading only.
+READS: dict[str, tuple[str, ...]] = {
+    "operation": ("gen_ai.operation.name", "llm.request.type"),
+    "model": ("gen_ai.request.model", "gen_ai.response.model"),
+    "provider": ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "error.llm_provider"),
+    "routed_model": ("litellm.provider.model",),
+    "request_id": ("bifrost.request_id", "request.id", "gen_ai.request.id"),
+    "customer": ("customer.id", "bifrost.customer_id", "user.id"),
+    "user": ("gen_ai.request.user", "gen_ai.user"),
+    "endpoint": ("http.route", "url.path"),
+    "method": ("http.request.method", "http.method"),
+    "stream": ("gen_ai.request.stream", "llm.is_streaming", "gen_ai.is_streaming"),
+    "time_to_first_token": ("gen_ai.server.time_to_first_token", "gen_ai.response.time_to_first_chunk"),
+    "status_code": ("http.response.status_code", "http.status_code", "error.code"),
+    "error_type": ("error.type",),
+    "error_message": ("error.message",),
+    "finish_reasons": ("gen_ai.response.finish_reasons", "llm.response.finish_reason"),
+    "input_tokens": ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.usage.prompt_tokens"),
+    "output_tokens": (
+        "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.usage.completion_tokens"
+    ),
+    "total_tokens": ("gen_ai.usage.total_tokens", "llm.usage.total_tokens"),
+    "cached_tokens": (
+        "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens", "gen_ai.usage.cached_tokens"
+    ),
+    "reasoning_tokens": ("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens"),
+    "cost": ("gen_ai.usage.cost", "gen_ai.cost", "gen_ai.cost.total_cost"),
+    "input_content": ("gen_ai.input.messages", "gen_ai.prompt", "gen_ai.request.messages"),
+    "output_content": ("gen_ai.output.messages", "gen_ai.completion", "gen_ai.response.messages"),
+}  # fmt: skip
+_READ_AS = {name: (reading, rank) for reading, names in READS.items() for rank, name in enumerate(names)}
+
+
+def readings(a: dict) -> dict[str, Any]:
+    """The value of each of ``READS`` a span's attributes hold: that of its first name whose value is not
+    None or empty. One pass over the attributes (a dozen), not a lookup of each name (sixty)."""
+    out: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    for key, value in a.items():
+        read_as = _READ_AS.get(key)
+        if read_as is None or value is None or value == "":
+            continue
+        reading, rank = read_as
+        if reading not in out or rank < ranks[reading]:
+            out[reading] = value
+            ranks[reading] = rank
+    return out
 
 
 def _bool(v: Any) -> bool | None:
@@ -245,6 +295,8 @@ def _number(v: Any) -> float | None:
 
 
 def _int(v: Any) -> int | None:
+    if v.__class__ is int:  # what emitters send: no text or float to read
+        return v if v >= 0 else None
     n = _number(v)
     return int(n) if n is not None and n == int(n) else None
 
@@ -273,40 +325,37 @@ def _json_value(v: Any) -> Any:
 def is_genai(span: dict) -> bool:
     if "error" in span:
         return True  # an unreadable span is reported as rejected, not skipped
-    a = span["attributes"]
-    return any(k.startswith("gen_ai.") for k in a) or span["name"].startswith("gen_ai.")
+    return any(map(_GEN_AI_NAME, span["attributes"])) or span["name"].startswith("gen_ai.")
 
 
-def _is_litellm(a: dict) -> bool:
-    return any(k.startswith("litellm.") for k in a)
+_GEN_AI_NAME = methodcaller("startswith", "gen_ai.")
+_LITELLM_NAME = methodcaller("startswith", "litellm.")
 
 
-def _request_type(span: dict) -> str:
-    a = span["attributes"]
-    op = _first(a, "gen_ai.operation.name", "llm.request.type")
+def _request_type(span: dict, r: dict) -> str:
+    op = r.get("operation")
     if op is None and span["name"].startswith("gen_ai."):
         op = span["name"][len("gen_ai.") :]
     op = str(op or "chat").split(" ")[0].lower()
-    if _is_litellm(a):
-        call = op[1:] if op.startswith("a") and op[1:] in LITELLM_OPERATIONS else op
-        if call in LITELLM_OPERATIONS:
-            return LITELLM_OPERATIONS[call]
+    call = op[1:] if op.startswith("a") and op[1:] in LITELLM_OPERATIONS else op
+    if call in LITELLM_OPERATIONS and any(map(_LITELLM_NAME, span["attributes"])):
+        return LITELLM_OPERATIONS[call]
     return OPERATIONS.get(op, "chat")
 
 
-def _provider(a: dict, model: str) -> str:
+def _provider(r: dict, model: str) -> str:
     """The provider; when the emitter leaves it empty (LiteLLM on embeddings), the "provider/model" prefix."""
-    named = _first(a, "gen_ai.provider.name", "gen_ai.system", "llm.provider", "error.llm_provider")
+    named = r.get("provider")
     if named is not None:
         return str(named)
-    for routed in (_first(a, "litellm.provider.model"), model):
+    for routed in (r.get("routed_model"), model):
         if isinstance(routed, str) and "/" in routed.strip("/"):
             return routed.split("/", 1)[0]
     return "unknown"
 
 
-def _finish_reason(a: dict) -> str | None:
-    reasons = _json_value(_first(a, "gen_ai.response.finish_reasons", "llm.response.finish_reason"))
+def _finish_reason(a: dict, r: dict) -> str | None:
+    reasons = _json_value(r.get("finish_reasons"))
     if isinstance(reasons, list):
         return str(reasons[0]) if reasons else None
     if reasons is not None:
@@ -319,16 +368,16 @@ def _finish_reason(a: dict) -> str | None:
     return None
 
 
-def _error_type(a: dict) -> str:
-    kind = str(_first(a, "error.type") or "error")
+def _error_type(r: dict) -> str:
+    kind = str(r.get("error_type") or "error")
     # openai-v2 2.4b0 sends str(type(exc)): "<class 'openai.NotFoundError'>"
     if kind.startswith("<class '") and kind.endswith("'>"):
         kind = kind[len("<class '") : -len("'>")]
     return kind
 
 
-def _error_message(span: dict) -> str | None:
-    message = span["status_message"] or _first(span["attributes"], "error.message")
+def _error_message(span: dict, r: dict) -> str | None:
+    message = span["status_message"] or r.get("error_message")
     if not message:
         for event in span.get("events") or []:
             if event["name"] == "exception" and event["attributes"].get("exception.message"):
@@ -349,33 +398,15 @@ def _litellm_usage(a: dict) -> dict[str, int | None]:
     return usage_fields(usage)
 
 
-def _tokens(a: dict) -> dict[str, int | None]:
-    usage = _litellm_usage(a)
-    out = {
-        "input_tokens": _int(
-            _first(a, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.usage.prompt_tokens")
-        ),
-        "output_tokens": _int(
-            _first(
-                a, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.usage.completion_tokens"
-            )
-        ),
-        "total_tokens": _int(_first(a, "gen_ai.usage.total_tokens", "llm.usage.total_tokens")),
-        "cached_tokens": _int(
-            _first(
-                a,
-                "gen_ai.usage.cache_read.input_tokens",
-                "gen_ai.usage.cache_read_input_tokens",
-                "gen_ai.usage.cached_tokens",
-            )
-        ),
-        "reasoning_tokens": _int(
-            _first(a, "gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens")
-        ),
-    }
-    for key, value in out.items():
-        if value is None:
-            out[key] = usage[key]
+_TOKENS = ("input_tokens", "output_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
+
+
+def _tokens(a: dict, r: dict) -> dict[str, int | None]:
+    out = {key: _int(r.get(key)) for key in _TOKENS}
+    if "metadata.usage_object" in a:
+        for key, value in _litellm_usage(a).items():
+            if out[key] is None:
+                out[key] = value
     if out["total_tokens"] is None and (out["input_tokens"] is not None or out["output_tokens"] is not None):
         out["total_tokens"] = (out["input_tokens"] or 0) + (out["output_tokens"] or 0)
     return out
@@ -395,76 +426,73 @@ def _metadata(span: dict) -> dict[str, str]:
     return metadata
 
 
-def request_id(span: dict) -> str:
+def request_id(span: dict, r: dict | None = None) -> str:
     """The sender's request id, else one fixed by the span's identity (trace_id, span_id): the same span
-    resent (a retry, or once as protobuf and once as OTLP/JSON) gets the same id, which raw_logs dedups."""
-    a = span["attributes"]
-    given = _first(a, "bifrost.request_id", "request.id", "gen_ai.request.id")
+    resent (a retry, or once as protobuf and once as OTLP/JSON) gets the same id, which raw_logs dedups.
+    ``r``: the span's ``readings``, when already made."""
+    given = (readings(span["attributes"]) if r is None else r).get("request_id")
     return str(given) if given is not None else f"{span['trace_id']}-{span['span_id']}"
 
 
-def _timing(rec: dict, span: dict, a: dict) -> None:
+def _timing(rec: dict, span: dict, r: dict) -> None:
     end_ns = span["end_ns"] or span["start_ns"]
     ended = datetime.fromtimestamp(end_ns / 1e9, UTC) if end_ns else datetime.now(UTC)
-    rec["ended_at"] = ended.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    rec["ended_at"] = iso(ended)
     rec["latency_ms"] = (
         max(0, min(2147483647, int((end_ns - span["start_ns"]) / 1e6))) if span["start_ns"] else 0
     )
-    ttft = _number(_first(a, "gen_ai.server.time_to_first_token", "gen_ai.response.time_to_first_chunk"))
+    ttft = _number(r.get("time_to_first_token"))
     if ttft is not None:
         rec["time_to_first_token_ms"] = int(ttft * 1000)  # the conventions give seconds
 
 
-def _outcome(rec: dict, span: dict, a: dict) -> None:
+def _outcome(rec: dict, span: dict, r: dict) -> None:
     """status, status_code and (on failure) error_type and error_message."""
-    status_code = _int(_first(a, "http.response.status_code", "http.status_code", "error.code"))
-    failed = span["status_code"] == STATUS_ERROR or _first(a, "error.type") is not None or (status_code or 0) >= 400
+    status_code = _int(r.get("status_code"))
+    failed = span["status_code"] == STATUS_ERROR or r.get("error_type") is not None or (status_code or 0) >= 400
     rec["status"] = "error" if failed else "success"
     if status_code is None or not 100 <= status_code <= 599:
         status_code = 500 if failed else 200
     rec["status_code"] = status_code
     if failed:
-        rec["error_type"] = _error_type(a)
-        rec["error_message"] = _error_message(span)
+        rec["error_type"] = _error_type(r)
+        rec["error_message"] = _error_message(span, r)
 
 
 def span_to_record(span: dict, *, customer_id: str, content: bool, pricing) -> dict:
     a = span["attributes"]
-    request_type = _request_type(span)
-    model = str(_first(a, "gen_ai.request.model", "gen_ai.response.model") or "unknown")
-    provider = _provider(a, model)
+    r = readings(a)
+    request_type = _request_type(span, r)
+    model = str(r.get("model") or "unknown")
+    provider = _provider(r, model)
     start = datetime.fromtimestamp(span["start_ns"] / 1e9, UTC) if span["start_ns"] else datetime.now(UTC)
-    user = _first(a, "gen_ai.request.user", "gen_ai.user")
+    user = r.get("user")
     rec = base_record(
         started=start,
-        request_id=request_id(span),
-        customer_id=str(_first(a, "customer.id", "bifrost.customer_id", "user.id") or customer_id),
+        request_id=request_id(span, r),
+        customer_id=str(r.get("customer") or customer_id),
         provider=provider,
         model=model,
-        endpoint=str(
-            _first(a, "http.route", "url.path") or DEFAULT_ENDPOINT.get(request_type, "/v1/chat/completions")
-        ),
-        method=str(_first(a, "http.request.method", "http.method") or "POST").upper(),
+        endpoint=str(r.get("endpoint") or DEFAULT_ENDPOINT.get(request_type, "/v1/chat/completions")),
+        method=str(r.get("method") or "POST").upper(),
         request_type=request_type,
-        stream=bool(_bool(_first(a, "gen_ai.request.stream", "llm.is_streaming", "gen_ai.is_streaming"))),
+        stream=bool(_bool(r.get("stream"))),
         metadata=_metadata(span),
         user_id=str(user) if user is not None else None,
     )
     if rec["method"] not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         rec["method"] = "POST"
-    _timing(rec, span, a)
-    _outcome(rec, span, a)
-    rec["finish_reason"] = _finish_reason(a)
-    rec.update(_tokens(a))
-    cost = _number(_first(a, "gen_ai.usage.cost", "gen_ai.cost", "gen_ai.cost.total_cost"))
+    _timing(rec, span, r)
+    _outcome(rec, span, r)
+    rec["finish_reason"] = _finish_reason(a, r)
+    rec.update(_tokens(a, r))
+    cost = _number(r.get("cost"))
     if cost is None:
         cost = pricing.cost(provider, model, rec["input_tokens"], rec["output_tokens"])
     rec["cost_usd"] = cost
     if content:
-        inp = _first(a, "gen_ai.input.messages", "gen_ai.prompt", "gen_ai.request.messages")
-        out = _first(a, "gen_ai.output.messages", "gen_ai.completion", "gen_ai.response.messages")
-        rec["input_content"] = _content(inp)
-        rec["output_content"] = _content(out)
+        rec["input_content"] = _content(r.get("input_content"))
+        rec["output_content"] = _content(r.get("output_content"))
     rec.update(_trace_fields(span))
     rec.update(_request_params(a))
     rec.update(_tool_fields(a, content))

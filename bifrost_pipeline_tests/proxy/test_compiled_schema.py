@@ -138,3 +138,21 @@ def test_non_objects_and_unhashable_values_are_rejected_not_raised():
     for value in ANY_JSON:
         _agree(record(method=value))
         assert intake.compiled_check()(value) is False
+
+
+@pytest.mark.parametrize("year", ["0000", "0001", "1900", "2000", "2023", "2024"])
+def test_date_time_days_of_every_month_are_the_reference_check(year):
+    """is_date_time decides days 1-31 by comparing text: every month, leap years and not, agrees."""
+    reference, _ = intake.reference_validator().format_checker.checkers["date-time"]
+    for month in [f"{m:02d}" for m in range(14)]:
+        for day in ["00", "01", "28", "29", "30", "31", "32", "99"]:
+            value = f"{year}-{month}-{day}T12:00:00Z"
+            assert compiled_schema.is_date_time(value) is bool(reference(value)), value
+
+
+def test_records_past_the_cached_shapes_get_the_general_check(monkeypatch):
+    """Past SHAPES key lists, records are checked by the general check: the same answers."""
+    monkeypatch.setattr(compiled_schema, "SHAPES", 0)
+    check = compiled_schema.compile_check(SCHEMA, {"date-time": compiled_schema.is_date_time})
+    assert check(record()) and not check(record(status_code=600)) and not check(record(timestamp="yesterday"))
+    assert not check({k: v for k, v in record().items() if k != "model"}) and not check([])
