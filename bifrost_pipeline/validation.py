@@ -21,6 +21,7 @@ import re
 import shutil
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
@@ -651,12 +652,22 @@ def validate_day(app: AppConfig, day: date, *, block_bytes: int = BLOCK_BYTES) -
     """Validate every complete landed segment of a UTC day into raw_logs (each request_id once) and the
     quarantine. No line fails the day: whatever a line holds, it is valid, quarantined with a reason,
     a duplicate, or blank, and the result counts each (see DayResult.unaccounted_lines)."""
-    result = DayResult(day=day)
     segments = _landed_segments(app, day)
+    return _build_day(
+        app, day, lambda out, work, result: _validate_segments(
+            segments, app.landing_dir, out, work, result, block_bytes
+        )
+    )
+
+
+def _build_day(app: AppConfig, day: date, fill: Callable[[_DayOutput, Path, DayResult], None]) -> DayResult:
+    """Fill the day's output (`fill`), deduplicate it, then publish raw_logs and the quarantine at once;
+    on any failure nothing of the day changes."""
+    result = DayResult(day=day)
     out = _DayOutput(raw_path(app, day), quarantine_path(app, day), day)
     work = out.work_dir()
     try:
-        _validate_segments(segments, app.landing_dir, out, work, result, block_bytes)
+        fill(out, work, result)
         _deduplicate_day(out, work, result, app.pipeline.duckdb_memory_limit)
         out.commit()
     except BaseException:
@@ -816,22 +827,12 @@ def combine_day(app: AppConfig, day: date, stages: list[Path]) -> DayResult:
     """The last step of a split day: the stages (in hour order) become the day's raw_logs and quarantine,
     deduplicated across the day and committed atomically; the result counts as validate_day's would.
     The stages are left in place (a failed combine can be retried); the caller removes them."""
-    result = DayResult(day=day)
-    out = _DayOutput(raw_path(app, day), quarantine_path(app, day), day)
-    work = out.work_dir()
-    try:
+
+    def absorb(out: _DayOutput, work: Path, result: DayResult) -> None:
         for stage in stages:
             _absorb_stage(stage, out, result)
-        _deduplicate_day(out, work, result, app.pipeline.duckdb_memory_limit)
-        out.commit()
-    except BaseException:
-        out.abort()
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result.raw_path = out.final_raw
-    result.quarantine_path = out.final_quarantine
-    return result
+
+    return _build_day(app, day, absorb)
 
 
 def _absorb_stage(stage: Path, out: _DayOutput, result: DayResult) -> None:

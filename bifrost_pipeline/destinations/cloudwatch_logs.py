@@ -32,6 +32,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
+from bifrost_pipeline.destinations.aws import AwsCredentials, aws_session
 from bifrost_pipeline.destinations.base import (
     DatasetFile,
     DestinationConfig,
@@ -49,7 +50,6 @@ from bifrost_pipeline.destinations.log_events import (
     to_json,
 )
 from bifrost_pipeline.destinations.object_store import check_endpoint, short
-from bifrost_pipeline.destinations.s3 import S3Credentials as AwsCredentials
 
 MAX_BATCH_EVENTS = 10_000
 MAX_BATCH_BYTES = 1_048_576
@@ -156,20 +156,11 @@ class CloudWatchLogsDestination(EventDestination):
 
     @cached_property
     def client(self):
-        import boto3
         from botocore.config import Config
 
         cfg, cr = self.config, self.config.credentials
         with self.calls("creating the CloudWatch Logs client"):
-            session = boto3.session.Session(
-                aws_access_key_id=cr.access_key_id.get_secret_value() if cr and cr.access_key_id else None,
-                aws_secret_access_key=(
-                    cr.secret_access_key.get_secret_value() if cr and cr.secret_access_key else None
-                ),
-                aws_session_token=cr.session_token.get_secret_value() if cr and cr.session_token else None,
-                profile_name=cr.profile if cr else None,
-                region_name=cfg.region,
-            )
+            session = aws_session(cr, cfg.region)
             return session.client(
                 "logs",
                 endpoint_url=cfg.endpoint_url,

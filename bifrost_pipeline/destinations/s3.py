@@ -16,7 +16,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from bifrost_pipeline.destinations.base import DestinationConfig, DestinationError, PrefixedConfig
+from bifrost_pipeline.destinations.aws import AwsCredentials, aws_session
+from bifrost_pipeline.destinations.base import DestinationError, PrefixedConfig
 from bifrost_pipeline.destinations.object_store import (
     ObjectStoreDestination,
     check_endpoint,
@@ -27,30 +28,13 @@ from bifrost_pipeline.destinations.object_store import (
 MB = 1024 * 1024
 
 
-class S3Credentials(DestinationConfig):
-    access_key_id: SecretStr | None = None
-    secret_access_key: SecretStr | None = None
-    session_token: SecretStr | None = None
-    profile: str | None = None  # a named profile of ~/.aws/config (instead of keys)
-
-    @model_validator(mode="after")
-    def _pair(self):
-        if bool(self.access_key_id) != bool(self.secret_access_key):
-            raise ValueError("access_key_id and secret_access_key go together: set both, or neither")
-        if self.session_token and not self.access_key_id:
-            raise ValueError("session_token needs access_key_id and secret_access_key")
-        if self.profile and self.access_key_id:
-            raise ValueError("set either access keys or profile, not both")
-        return self
-
-
 class S3Config(PrefixedConfig):
     bucket: str
     region: str | None = None
     endpoint_url: str | None = None  # S3-compatible stores and emulators, e.g. http://127.0.0.1:9000
     # Without credentials (or with empty ones) boto3's default chain applies: AWS_* environment
     # variables, ~/.aws, web identity (EKS), ECS task role, EC2 instance role.
-    credentials: S3Credentials | None = None
+    credentials: AwsCredentials | None = None
     sse: Literal["AES256", "aws:kms"] | None = None
     kms_key_id: str | None = None
     path_style: bool = False  # path-style addressing (many S3-compatible stores want it)
@@ -108,20 +92,11 @@ class S3Destination(ObjectStoreDestination):
 
     @cached_property
     def client(self):
-        import boto3
         from botocore.config import Config
 
         cfg, cr = self.config, self.config.credentials
         with self.calls("creating the S3 client"):
-            session = boto3.session.Session(
-                aws_access_key_id=cr.access_key_id.get_secret_value() if cr and cr.access_key_id else None,
-                aws_secret_access_key=(
-                    cr.secret_access_key.get_secret_value() if cr and cr.secret_access_key else None
-                ),
-                aws_session_token=cr.session_token.get_secret_value() if cr and cr.session_token else None,
-                profile_name=cr.profile if cr else None,
-                region_name=cfg.region,
-            )
+            session = aws_session(cr, cfg.region)
             return session.client(
                 "s3",
                 endpoint_url=cfg.endpoint_url,
