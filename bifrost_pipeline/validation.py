@@ -482,8 +482,22 @@ def _may_hold_lone_surrogate(data: bytes | mmap.mmap) -> bool:
     return _SURROGATE_ESCAPE.search(data) is not None and _LONE_SURROGATE.search(data) is not None
 
 
-# a newline followed by a blank line (an optional BOM, JSON whitespace, then the next line end)
-_BLANK_AFTER_NEWLINE = re.compile(rb"\n(?=(?:\xef\xbb\xbf)?[ \t\r]*\n)")
+# One pass (every match starts with a newline, which keeps the regex engine's fast scan) finds both a
+# newline followed by a blank line (an optional BOM, JSON whitespace, then the next line end) and a BOM at
+# a line start.
+_LINE_STARTS = re.compile(rb"\n(?:(?=(?:\xef\xbb\xbf)?[ \t\r]*\n)|\xef\xbb\xbf)")
+
+
+def _scan_line_starts(data: mmap.mmap) -> tuple[int, bool]:
+    """(blank lines after a newline, whether a line starts with a BOM), in one regex pass."""
+    blank, bom = 0, False
+    for m in _LINE_STARTS.finditer(data):
+        if m.end() - m.start() == 1:  # the blank-line branch matches the newline alone
+            blank += 1
+            bom = bom or data[m.end() : m.end() + 3] == BOM
+        else:
+            bom = True
+    return blank, bom
 
 
 @dataclass
@@ -509,12 +523,11 @@ def _survey(path: Path) -> _Survey:
             first_end = mm.find(b"\n")
             # the regex counts each blank line after a newline; the first line and a last one without a
             # newline are looked at here
-            s.blank = len(_BLANK_AFTER_NEWLINE.findall(mm)) + _is_blank(
-                _line_text(mm[: first_end if first_end >= 0 else size])
-            )
+            s.blank, bom = _scan_line_starts(mm)
+            s.blank += _is_blank(_line_text(mm[: first_end if first_end >= 0 else size]))
             if 0 < last_start < size:
                 s.blank += _is_blank(_line_text(mm[last_start:]))
-            s.careful = mm[:3] == BOM or mm.find(b"\n" + BOM) >= 0 or _may_hold_lone_surrogate(mm)
+            s.careful = mm[:3] == BOM or bom or _may_hold_lone_surrogate(mm)
     return s
 
 
