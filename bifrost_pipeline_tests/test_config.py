@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from bifrost_pipeline.config import ConfigError, Schedule, load_config, parse_config
-from bifrost_pipeline.destinations import registry
 
 DATA = Path(__file__).parent / "data"
 SEED_ENV = {
@@ -34,8 +33,6 @@ def one_export(**entry):
 
 @pytest.mark.parametrize("name", ["seed_complete_example.json", "seed_complete_example.yaml"])
 def test_the_seed_complete_example_loads_unchanged(name, tmp_path):
-    if not {"s3", "bigquery"} <= set(registry()):
-        pytest.skip("the s3 and bigquery destinations are not registered in this checkout")
     app = load_config(DATA / name, env=SEED_ENV)
     daily, weekly = app.exports
     assert daily.name == "daily_s3_export" and weekly.name == "weekly_bigquery_export"
@@ -52,8 +49,6 @@ def test_the_seed_complete_example_loads_unchanged(name, tmp_path):
 
 
 def test_a_missing_variable_is_named_and_secrets_never_printed():
-    if not {"s3", "bigquery"} <= set(registry()):
-        pytest.skip("the s3 and bigquery destinations are not registered in this checkout")
     raw = json.loads((DATA / "seed_complete_example.json").read_text())
     env = dict(SEED_ENV)
     del env["AWS_SECRET_ACCESS_KEY"]

@@ -394,12 +394,7 @@ def test_mock_upstream_mode_needs_no_provider(tmp_path, log_dir):
 
 def test_landed_segments_are_read_by_the_pipeline(proxy_env):
     """Last: the pipeline's validation (raw_logs) reads what the proxy landed, with nothing quarantined."""
-    try:
-        from bifrost_pipeline import validation
-    except ModuleNotFoundError as err:
-        if err.name == "bifrost_pipeline.validation":
-            pytest.skip("bifrost_pipeline.validation is not there yet (the pipeline core lands it)")
-        raise
+    from bifrost_pipeline import validation
     from bifrost_pipeline.config import load_config
 
     client = _client(proxy_env["url"])
