@@ -17,7 +17,8 @@ import logging
 import re
 import string
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -82,6 +83,12 @@ class DestinationConfig(BaseModel):
     # `schema` is a config key of several stores but a BaseModel attribute: declare such fields as
     # `schema_name: str = Field(..., alias="schema")`.
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def none_if_empty(v: Any) -> Any:
+    """A credentials block whose values are all empty means none: `${VAR}` set to "" on purpose falls back
+    to the store's default credential chain."""
+    return None if isinstance(v, dict) and not any(v.values()) else v
 
 
 def check_prefix(value: str) -> str:
@@ -222,6 +229,21 @@ class Destination(ABC):
         return DestinationError(
             self.export_name, self.describe(), scrub(message, self.secrets()), retryable=retryable
         )
+
+    def translate(self, err: Exception, action: str) -> DestinationError:
+        """A client library's exception -> a `DestinationError` (stores map their error codes)."""
+        return self.error(f"{action} failed: {type(err).__name__}: {err}")
+
+    @contextmanager
+    def calls(self, action: str) -> Iterator[None]:
+        """Every exception of the store's client inside becomes a named, scrubbed `DestinationError`."""
+        try:
+            yield
+        except DestinationError:
+            raise
+        except Exception as err:
+            # `from None`: the client's exception may carry a signed URL or a key; its summary is in the message.
+            raise self.translate(err, action) from None
 
 
 def sha256_file(path: Path) -> str:

@@ -39,6 +39,7 @@ from bifrost_pipeline.destinations.base import (
     DestinationError,
     PartitionOutput,
     WriteResult,
+    none_if_empty,
 )
 from bifrost_pipeline.destinations.log_events import (
     EVENT_TIME_COLUMNS,
@@ -105,13 +106,7 @@ class CloudWatchLogsConfig(DestinationConfig):
             raise ValueError(f"log_group must be 1-512 characters without spaces, ':' or '*', got {v!r}")
         return v
 
-    @field_validator("credentials", mode="before")
-    @classmethod
-    def _empty_credentials(cls, v):
-        # `${AWS_ACCESS_KEY_ID}` may be set to "" on purpose to fall back to the default chain.
-        if isinstance(v, dict) and not any(v.values()):
-            return None
-        return v
+    _empty_credentials = field_validator("credentials", mode="before")(classmethod(lambda cls, v: none_if_empty(v)))
 
 
 class CloudWatchLogsDestination(EventDestination):
@@ -276,14 +271,6 @@ class CloudWatchLogsDestination(EventDestination):
 
     # --- errors -------------------------------------------------------------------------------------------
 
-    @contextmanager
-    def calls(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except DestinationError:
-            raise
-        except Exception as err:
-            raise self.translate(err, action) from None
 
     def translate(self, err: Exception, action: str) -> DestinationError:
         from botocore import exceptions as bx

@@ -19,7 +19,12 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
-from bifrost_pipeline.destinations.base import DestinationConfig, DestinationError, PrefixedConfig
+from bifrost_pipeline.destinations.base import (
+    DestinationConfig,
+    DestinationError,
+    PrefixedConfig,
+    none_if_empty,
+)
 from bifrost_pipeline.destinations.object_store import (
     ObjectStoreDestination,
     check_endpoint,
@@ -66,12 +71,7 @@ class GCSConfig(PrefixedConfig):
     _bucket = field_validator("bucket")(classmethod(lambda cls, v: check_name(v, "bucket")))
     _endpoint = field_validator("endpoint_url")(classmethod(lambda cls, v: check_endpoint(v)))
 
-    @field_validator("credentials", mode="before")
-    @classmethod
-    def _empty_credentials(cls, v):
-        if isinstance(v, dict) and not any(v.values()):
-            return None
-        return v
+    _empty_credentials = field_validator("credentials", mode="before")(classmethod(lambda cls, v: none_if_empty(v)))
 
 
 class GCSDestination(ObjectStoreDestination):

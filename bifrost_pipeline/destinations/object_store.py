@@ -9,13 +9,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import ClassVar
 
 from bifrost_pipeline.destinations.base import (
     URL_USERINFO,
-    DestinationError,
     FileStoreDestination,
     PartitionOutput,
 )
@@ -62,19 +59,7 @@ class ObjectStoreDestination(FileStoreDestination):
         endpoint = self.endpoint()
         return f"{where} (endpoint {URL_USERINFO.sub('', endpoint)})" if endpoint else where
 
-    def translate(self, err: Exception, action: str) -> DestinationError:
-        """The store's client exception -> a `DestinationError` (subclasses map their error codes)."""
-        return self.error(f"{action} failed: {type(err).__name__}: {err}")
 
-    @contextmanager
-    def calls(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except DestinationError:
-            raise
-        except Exception as err:
-            # `from None`: the client's exception may carry a signed URL; its summary is in the message.
-            raise self.translate(err, action) from None
 
 
 def short(err: BaseException, limit: int = 300) -> str:

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from bifrost_pipeline.destinations.aws import AwsCredentials, aws_session
-from bifrost_pipeline.destinations.base import DestinationError, PrefixedConfig
+from bifrost_pipeline.destinations.base import DestinationError, PrefixedConfig, none_if_empty
 from bifrost_pipeline.destinations.object_store import (
     ObjectStoreDestination,
     check_endpoint,
@@ -48,13 +48,7 @@ class S3Config(PrefixedConfig):
     _bucket = field_validator("bucket")(classmethod(lambda cls, v: check_name(v, "bucket")))
     _endpoint = field_validator("endpoint_url")(classmethod(lambda cls, v: check_endpoint(v)))
 
-    @field_validator("credentials", mode="before")
-    @classmethod
-    def _empty_credentials(cls, v):
-        # `${AWS_ACCESS_KEY_ID}` may be set to "" on purpose to fall back to the default chain.
-        if isinstance(v, dict) and not any(v.values()):
-            return None
-        return v
+    _empty_credentials = field_validator("credentials", mode="before")(classmethod(lambda cls, v: none_if_empty(v)))
 
     @model_validator(mode="after")
     def _kms(self):

@@ -282,16 +282,8 @@ def _bool(v: Any) -> bool | None:
 
 def _number(v: Any) -> float | None:
     """A finite number >= 0, also when sent as text ("12", "5.7e-06"); booleans are not numbers."""
-    if isinstance(v, bool) or v is None:
-        return None
-    if isinstance(v, str):
-        try:
-            v = float(v.strip())
-        except ValueError:
-            return None
-    if not isinstance(v, int | float) or v != v or v in (float("inf"), float("-inf")) or v < 0:
-        return None
-    return v
+    n = _signed(v)
+    return n if n is not None and n >= 0 else None
 
 
 def _int(v: Any) -> int | None:
