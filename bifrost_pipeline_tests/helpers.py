@@ -77,3 +77,24 @@ def utc(*args: int) -> datetime:
 
 
 DAY = date(2024, 1, 15)
+
+
+def write_config(tmp_path: Path, exports: list[dict], monkeypatch) -> tuple[AppConfig, Path]:
+    """A config file in tmp_path as the Dagster code location reads it (exports fail at once: no retries),
+    with the test hash key in the environment; the loaded config and the file's path."""
+    import yaml
+
+    from bifrost_pipeline.config import load_config
+
+    monkeypatch.setenv("BIFROST_ANONYMIZE_KEY", HASH_KEY)
+    path = tmp_path / "bifrost_pipeline.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "log_exports": {"exports": exports},
+                "landing": {"path": "landing"},
+                "pipeline": {"data_dir": "data", "start_date": "2024-01-01", "export_retries": 0},
+            }
+        )
+    )
+    return load_config(path), path

@@ -6,13 +6,12 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 import polars as pl
 import pytest
-import yaml
 
 from bifrost_pipeline.config import load_config
 from bifrost_pipeline.definitions import build_definitions
 from bifrost_pipeline.defs.raw import QUARANTINE, RAW, RAW_JOB
 from bifrost_pipeline.defs.sensors import LOOKBACK_DAYS
-from bifrost_pipeline_tests.helpers import HASH_KEY, land, record
+from bifrost_pipeline_tests.helpers import HASH_KEY, land, record, write_config
 
 EXPORTS = [
     {
@@ -35,18 +34,7 @@ EXPORTS = [
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    monkeypatch.setenv("BIFROST_ANONYMIZE_KEY", HASH_KEY)
-    path = tmp_path / "bifrost_pipeline.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "log_exports": {"exports": EXPORTS},
-                "landing": {"path": "landing"},
-                "pipeline": {"data_dir": "data", "start_date": "2024-01-01", "export_retries": 0},
-            }
-        )
-    )
-    app = load_config(path)
+    app, path = write_config(tmp_path, EXPORTS, monkeypatch)
     defs = build_definitions(app, str(path))
     return app, defs, dg.DagsterInstance.ephemeral()
 

@@ -7,9 +7,7 @@ from datetime import UTC, date, datetime
 import dagster as dg
 import duckdb
 import pytest
-import yaml
 
-from bifrost_pipeline.config import load_config
 from bifrost_pipeline.definitions import build_definitions
 from bifrost_pipeline.defs import raw as raw_defs
 from bifrost_pipeline.defs.exports import CHECK_ROWS, check_raw_ready
@@ -18,25 +16,14 @@ from bifrost_pipeline.destinations.duckdb import DuckDBDestination
 from bifrost_pipeline.destinations.local import LocalDestination
 from bifrost_pipeline.exports import make_destination
 from bifrost_pipeline_tests.defs.test_definitions import EXPORTS
-from bifrost_pipeline_tests.helpers import HASH_KEY, land, record
+from bifrost_pipeline_tests.helpers import land, record, write_config
 
 DAY = "2024-01-15"
 
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    monkeypatch.setenv("BIFROST_ANONYMIZE_KEY", HASH_KEY)
-    path = tmp_path / "bifrost_pipeline.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "log_exports": {"exports": EXPORTS},
-                "landing": {"path": "landing"},
-                "pipeline": {"data_dir": "data", "start_date": "2024-01-01", "export_retries": 0},
-            }
-        )
-    )
-    app = load_config(path)
+    app, path = write_config(tmp_path, EXPORTS, monkeypatch)
     return app, build_definitions(app, str(path)), dg.DagsterInstance.ephemeral(), str(path)
 
 

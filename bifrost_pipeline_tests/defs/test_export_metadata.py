@@ -6,15 +6,13 @@ from datetime import UTC, date, datetime
 
 import dagster as dg
 import pytest
-import yaml
 
-from bifrost_pipeline.config import load_config
 from bifrost_pipeline.definitions import build_definitions
 from bifrost_pipeline.defs.exports import location_metadata
 from bifrost_pipeline.defs.raw import RAW, RAW_JOB, landing_state, recorded_landing_state
 from bifrost_pipeline.destinations.s3 import S3Destination
 from bifrost_pipeline_tests.destinations.context import context
-from bifrost_pipeline_tests.helpers import HASH_KEY, land, record
+from bifrost_pipeline_tests.helpers import HASH_KEY, land, record, write_config
 
 LONG = "word " * 40  # 200 characters of content
 EXPORTS = [
@@ -42,14 +40,7 @@ def hmac_hex(key: str, value: str) -> str:
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    monkeypatch.setenv("BIFROST_ANONYMIZE_KEY", HASH_KEY)
-    path = tmp_path / "bifrost_pipeline.yaml"
-    path.write_text(yaml.safe_dump({
-        "log_exports": {"exports": EXPORTS},
-        "landing": {"path": "landing"},
-        "pipeline": {"data_dir": "data", "start_date": "2024-01-01", "export_retries": 0},
-    }))
-    app = load_config(path)
+    app, path = write_config(tmp_path, EXPORTS, monkeypatch)
     return app, build_definitions(app, str(path)), dg.DagsterInstance.ephemeral()
 
 

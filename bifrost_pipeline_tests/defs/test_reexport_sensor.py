@@ -7,17 +7,15 @@ from datetime import date
 
 import dagster as dg
 import pytest
-import yaml
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from bifrost_pipeline import backfill_plans
 from bifrost_pipeline.backfill import backfill
-from bifrost_pipeline.config import load_config
 from bifrost_pipeline.definitions import build_definitions
 from bifrost_pipeline.defs.raw import RAW_JOB
-from bifrost_pipeline_tests.helpers import HASH_KEY, land, record
+from bifrost_pipeline_tests.helpers import land, record, write_config
 
 DAY = "2024-01-15"
 JOB = "export_daily_files_job"
@@ -31,14 +29,7 @@ EXPORTS = [{
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    monkeypatch.setenv("BIFROST_ANONYMIZE_KEY", HASH_KEY)
-    path = tmp_path / "bifrost_pipeline.yaml"
-    path.write_text(yaml.safe_dump({
-        "log_exports": {"exports": EXPORTS},
-        "landing": {"path": "landing"},
-        "pipeline": {"data_dir": "data", "start_date": "2024-01-01", "export_retries": 0},
-    }))
-    app = load_config(path)
+    app, path = write_config(tmp_path, EXPORTS, monkeypatch)
     with dg.instance_for_test() as instance:
         yield app, path, build_definitions(app, str(path)), instance
 
