@@ -217,7 +217,7 @@ class Forwarder:
         request = plan.request
         user = request.json.get("user")
         rec = base_record(
-            started=started,
+            timestamp=iso(started),
             request_id=str(uuid.uuid4()),
             # A virtual key says who pays; the customer header cannot override it.
             customer_id=vk.customer_id
@@ -262,7 +262,7 @@ class Forwarder:
     ) -> LogRecord:
         vk, request, to = adm.vk, adm.request, adm.route
         rec = base_record(
-            started=started,
+            timestamp=iso(started),
             request_id=str(uuid.uuid4()),
             customer_id=vk.customer_id
             if vk is not None

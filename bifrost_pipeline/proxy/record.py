@@ -42,6 +42,20 @@ def iso(ts: datetime) -> str:
     return f"{text}.{utc.microsecond // 1000:03d}Z"
 
 
+_SECONDS_SINCE_EPOCH: dict[int, str] = {}  # whole seconds since the epoch -> "YYYY-MM-DDTHH:MM:SS"
+
+
+def iso_ns(ns: int) -> str:
+    """``ns`` nanoseconds since the epoch (an OTLP time) as ``iso`` writes it, cut to the millisecond."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    text = _SECONDS_SINCE_EPOCH.get(seconds)
+    if text is None:
+        if len(_SECONDS_SINCE_EPOCH) >= 4096:
+            _SECONDS_SINCE_EPOCH.clear()
+        text = _SECONDS_SINCE_EPOCH[seconds] = datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None).isoformat()
+    return f"{text}.{rest // 1_000_000:03d}Z"
+
+
 def hour_key(ts: datetime) -> datetime:
     return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
@@ -184,7 +198,7 @@ def error_of(body: Any, fallback: str) -> tuple[str | None, str | None]:
 
 def base_record(
     *,
-    started: datetime,
+    timestamp: str,
     request_id: str,
     customer_id: str,
     provider: str,
@@ -197,7 +211,7 @@ def base_record(
     user_id: str | None = None,
 ) -> LogRecord:
     rec: Any = _EMPTY_RECORD.copy()  # a copy of 68 keys costs a quarter of a dict display of them
-    rec["timestamp"] = iso(started)
+    rec["timestamp"] = timestamp
     rec["request_id"] = request_id
     rec["customer_id"] = customer_id
     rec["user_id"] = user_id

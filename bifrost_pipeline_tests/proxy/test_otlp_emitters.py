@@ -150,8 +150,8 @@ def test_recorded_span_maps_every_field(case):
     want = dict(EXPECTED[case])
     content = want.pop("content")
     cost = want.pop("cost_usd")
-    assert {k: rec[k] for k in want} == want
-    assert rec["cost_usd"] == (None if cost is None else pytest.approx(cost, rel=1e-9))
+    assert {k: rec.get(k) for k in want} == want  # a field a span says nothing of is absent: null
+    assert rec.get("cost_usd") == (None if cost is None else pytest.approx(cost, rel=1e-9))
     assert rec["customer_id"] == "tenant-a"
     assert rec["method"] == "POST"
     assert rec["metadata"]["service.name"] == "otel-fixture-recorder"
@@ -159,11 +159,11 @@ def test_recorded_span_maps_every_field(case):
     if content:
         assert QUESTION in orjson.loads(rec["input_content"])[0]["parts"][0]["content"]
     else:
-        assert rec["input_content"] is None
+        assert "input_content" not in rec
     if content is True:
         assert ANSWER in orjson.loads(rec["output_content"])[0]["parts"][0]["content"]
     else:
-        assert rec["output_content"] is None
+        assert "output_content" not in rec
 
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))
@@ -269,7 +269,7 @@ def test_legacy_content_arrives_as_a_separate_logs_export_linked_by_span_id():
         assert log.trace_id.hex() == rec["metadata"]["trace_id"]
         assert log.span_id.hex() == rec["metadata"]["span_id"]
     assert "Say hello." in str(events["gen_ai.user.message"].body)
-    assert rec["input_content"] is None and rec["output_content"] is None
+    assert rec.get("input_content") is None and rec.get("output_content") is None
 
 
 @pytest.mark.parametrize(
@@ -315,7 +315,7 @@ def test_trace_context_is_the_spans_trace_and_its_parent(case):
     if case.startswith(("openai-v2", "traceloop")):  # the GenAI span is the child of the application's span
         assert rec["span_id"] in parents
     else:  # LiteLLM's span is the root of its trace
-        assert rec["span_id"] is None
+        assert "span_id" not in rec
 
 
 def test_request_parameters_and_tool_calls_of_the_conventions_are_mapped():
@@ -346,4 +346,4 @@ def test_request_parameters_and_tool_calls_of_the_conventions_are_mapped():
     assert rec["tool_calls"] == [{"id": "c1", "name": "get_weather", "arguments": '{"city":"Oslo"}'}]
     assert (rec["tool_call_names"], rec["tool_call_count"]) == (["get_weather"], 1)
     without = otlp.span_to_record(span, customer_id="t", content=False, pricing=NoPrices())
-    assert without["tool_calls"] is None and without["tool_call_names"] == ["get_weather"]
+    assert "tool_calls" not in without and without["tool_call_names"] == ["get_weather"]

@@ -1,0 +1,190 @@
+"""``otlp_wire`` reads OTLP trace requests as opentelemetry-proto's generated classes do: the same spans, value
+for value, on generated requests (every kind of attribute value, duplicated keys, long strings, status and
+events), on the recorded emitters' bodies, and the same refusal on bodies with bytes cut or changed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from bifrost_pipeline.proxy import otlp_wire
+
+FIXTURES = Path(__file__).resolve().parent.parent / "data" / "otlp"
+
+
+def reference_decode(body: bytes) -> list[dict]:
+    """The spans as the generated classes read them (what ``/v1/traces`` did before ``otlp_wire``)."""
+    req = ExportTraceServiceRequest()
+    req.ParseFromString(body)
+    spans = []
+    for rs in req.resource_spans:
+        resource = otlp_wire.attributes(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                spans.append(
+                    {
+                        "name": s.name,
+                        "trace_id": s.trace_id.hex(),
+                        "span_id": s.span_id.hex(),
+                        "parent_span_id": s.parent_span_id.hex(),
+                        "start_ns": s.start_time_unix_nano,
+                        "end_ns": s.end_time_unix_nano,
+                        "status_code": s.status.code,
+                        "status_message": s.status.message,
+                        "attributes": otlp_wire.attributes(s.attributes),
+                        "events": [{"name": e.name, "attributes": otlp_wire.attributes(e.attributes)} for e in s.events],
+                        "resource": resource,
+                    }
+                )
+    return spans
+
+
+def outcome(decode, body: bytes) -> tuple[str, object]:
+    try:
+        return "spans", decode(body)
+    except (DecodeError, UnicodeDecodeError, ValueError):
+        return "refused", None
+
+
+def same(a: object, b: object) -> bool:
+    """Equal, with NaN equal to NaN (a double attribute may be NaN) and a bool not equal to an int."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+# --- generated requests -------------------------------------------------------------------------------------
+
+texts = st.one_of(
+    st.text(max_size=40),
+    st.text(min_size=120, max_size=300),  # a length written in two bytes
+    st.sampled_from(["", "é" * 70, "x" * 16_383, "y" * 16_384, "z" * 70_000]),  # around the inline limits
+)
+scalars = st.one_of(
+    st.builds(lambda s: AnyValue(string_value=s), texts),
+    st.builds(lambda b: AnyValue(bool_value=b), st.booleans()),
+    st.builds(lambda i: AnyValue(int_value=i), st.integers(-(2**63), 2**63 - 1)),
+    st.builds(lambda i: AnyValue(int_value=i), st.sampled_from([0, 1, 127, 128, 2**62, 2**63 - 1, -1])),
+    st.builds(lambda d: AnyValue(double_value=d), st.floats()),
+    st.builds(lambda b: AnyValue(bytes_value=b), st.binary(max_size=20)),
+    st.just(AnyValue()),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.builds(lambda vs: AnyValue(array_value=ArrayValue(values=vs)), st.lists(inner, max_size=4)),
+        st.builds(
+            lambda kvs: AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key=k, value=v) for k, v in kvs])),
+            st.lists(st.tuples(st.text(max_size=8), inner), max_size=3),
+        ),
+    ),
+    max_leaves=6,
+)
+keys = st.one_of(st.sampled_from(["gen_ai.request.model", "gen_ai.usage.input_tokens", "k", ""]), st.text(max_size=20))
+attribute_lists = st.lists(st.tuples(keys, st.one_of(values, st.none())), max_size=8)  # keys may repeat
+
+
+def _key_values(pairs: list) -> list[KeyValue]:
+    return [KeyValue(key=k) if v is None else KeyValue(key=k, value=v) for k, v in pairs]
+
+
+@st.composite
+def spans(draw) -> Span:
+    span = Span(
+        name=draw(st.text(max_size=20)),
+        trace_id=draw(st.binary(min_size=16, max_size=16)),
+        span_id=draw(st.binary(min_size=8, max_size=8)),
+        parent_span_id=draw(st.sampled_from([b"", b"\x00" * 8, b"\x01" * 8])),
+        start_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
+        end_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
+        attributes=_key_values(draw(attribute_lists)),
+    )
+    if draw(st.booleans()):
+        span.status.CopyFrom(Status(code=draw(st.sampled_from([0, 1, 2])), message=draw(st.text(max_size=20))))
+    for name, pairs in draw(st.lists(st.tuples(st.text(max_size=10), attribute_lists), max_size=2)):
+        span.events.add(name=name, attributes=_key_values(pairs))
+    return span
+
+
+@st.composite
+def requests(draw) -> bytes:
+    req = ExportTraceServiceRequest()
+    for _ in range(draw(st.integers(1, 2))):
+        rs = req.resource_spans.add()
+        rs.resource.attributes.extend(_key_values(draw(attribute_lists)))
+        for _ in range(draw(st.integers(0, 2))):
+            rs.scope_spans.add().spans.extend(draw(st.lists(spans(), max_size=3)))
+    return req.SerializeToString()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(requests())
+def test_generated_requests_read_the_same(body):
+    assert same(otlp_wire.decode_spans(body), reference_decode(body))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(requests(), st.data())
+def test_damaged_requests_are_refused_or_read_the_same(body, data):
+    """Bytes cut off, changed or inserted: both readers refuse the body, or both read the same spans."""
+    if not body:
+        return
+    pos = data.draw(st.integers(0, len(body) - 1))
+    how = data.draw(st.sampled_from(["cut", "change", "insert"]))
+    byte = bytes([data.draw(st.integers(0, 255))])
+    damaged = {"cut": body[:pos], "change": body[:pos] + byte + body[pos + 1 :], "insert": body[:pos] + byte + body[pos:]}[how]
+    mine, reference = outcome(otlp_wire.decode_spans, damaged), outcome(reference_decode, damaged)
+    assert mine[0] == reference[0]
+    assert same(mine[1], reference[1])
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.traces.pb")), ids=lambda p: p.name)
+def test_recorded_emitters_read_the_same(path):
+    body = path.read_bytes()
+    assert same(otlp_wire.decode_spans(body), reference_decode(body))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        AnyValue(string_value="stop"),
+        AnyValue(string_value="ü" * 100),
+        AnyValue(int_value=412),
+        AnyValue(int_value=-5),
+        AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="stop"), AnyValue(string_value="length")])),
+        AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="a"), AnyValue(int_value=1)])),
+        AnyValue(array_value=ArrayValue()),
+        AnyValue(bool_value=False),
+        AnyValue(double_value=0.25),
+        AnyValue(),
+    ],
+    ids=str,
+)
+def test_each_kind_of_value(value):
+    assert same(otlp_wire.value_of(value.SerializeToString()), otlp_wire.any_value(value))
+
+
+def test_a_string_written_twice_keeps_the_last_as_protobuf_does():
+    raw = AnyValue(string_value="first").SerializeToString() + AnyValue(string_value="last").SerializeToString()
+    assert otlp_wire.value_of(raw) == "last" == otlp_wire.any_value(AnyValue.FromString(raw))
+
+
+def test_a_string_that_is_not_utf8_refuses_the_body():
+    good = ExportTraceServiceRequest()
+    good.resource_spans.add().scope_spans.add().spans.add(name="s", attributes=[KeyValue(key="k", value=AnyValue(string_value="ab"))])
+    body = good.SerializeToString().replace(b"ab", b"a\xff")
+    assert outcome(otlp_wire.decode_spans, body)[0] == "refused" == outcome(reference_decode, body)[0]
