@@ -225,7 +225,7 @@ class _Compiler:
         if isinstance(types, str):
             types = [types]
         pad = "    " * ind
-        out = [pad + f"if not ({self.type_test(types, var)}):", pad + "    return False"] if types else []
+        out = [pad + f"if not ({self.type_test(types, var, not_null)}):", pad + "    return False"] if types else []
         # What the value's class can be past the type test: a check of one kind of value needs no class test.
         classes = {c for t in types for c in _CLASSES[t]} if types else None
         if classes is not None and not_null:
@@ -266,15 +266,19 @@ class _Compiler:
         self.depth += 1
         return f"v{self.depth}"
 
-    def type_test(self, types: list[str], var: str) -> str:
+    def type_test(self, types: list[str], var: str, not_null: bool) -> str:
+        """A test that ``var`` is of one of ``types`` (``not_null``: it is known not to be None)."""
         if not set(types) <= set(_CLASSES):
             raise Unsupported(f"type {types}")
         tests = []
         for cls in dict.fromkeys(c for t in types for c in _CLASSES[t]):
-            tests.append(f"{var} is None" if cls is type(None) else f"{var}.__class__ is {cls.__name__}")
+            if cls is not type(None):
+                tests.append(f"{var}.__class__ is {cls.__name__}")
+            elif not not_null:
+                tests.append(f"{var} is None")
         if "integer" in types and "number" not in types:  # JSON Schema: 1.0 is an integer
             tests.append(f"({var}.__class__ is float and {var}.is_integer())")
-        return " or ".join(tests)
+        return " or ".join(tests) or "False"
 
     def scalar_checks(self, schema: dict, var: str, ind: int, classes: set[type] | None) -> list[str]:
         """Checks of a string's or a number's value; ``classes``: what ``var``'s class is known to be among."""
@@ -287,12 +291,17 @@ class _Compiler:
                 raise Unsupported("enum or const of other values than strings")
             test = "" if is_str == "" else f"{var}.__class__ is not str or "  # unhashable values never reach `in`
             out += [pad + f"if {test}{var} not in {self.const(frozenset(allowed))}:", pad + "    return False"]
-        for key, op in (("minimum", "<"), ("maximum", ">"), ("exclusiveMinimum", "<="), ("exclusiveMaximum", ">=")):
-            if key in schema:
-                out += [pad + f"if {is_num}{var} {op} {schema[key]!r}:", pad + "    return False"]
-        for key, op in (("minLength", "<"), ("maxLength", ">")):
-            if key in schema:
-                out += [pad + f"if {is_str}len({var}) {op} {schema[key]!r}:", pad + "    return False"]
+        # The bounds in one test (a NaN, which passes them all in JSON Schema, fails it: only slower).
+        bounds = [f"{var} {op} {schema[key]!r}" for key, op in (("minimum", ">="), ("maximum", "<="),
+                  ("exclusiveMinimum", ">"), ("exclusiveMaximum", "<")) if key in schema]  # fmt: skip
+        if bounds:
+            out += [pad + f"if {is_num}not ({' and '.join(bounds)}):", pad + "    return False"]
+        if schema.get("minLength") == 1 and is_str == "":  # the common "not empty", without a call to len
+            out += [pad + f"if not {var}:", pad + "    return False"]
+        elif "minLength" in schema:
+            out += [pad + f"if {is_str}len({var}) < {schema['minLength']!r}:", pad + "    return False"]
+        if "maxLength" in schema:
+            out += [pad + f"if {is_str}len({var}) > {schema['maxLength']!r}:", pad + "    return False"]
         if "pattern" in schema:
             pattern = self.const(re.compile(schema["pattern"]))
             out += [pad + f"if {is_str}not {pattern}.search({var}):", pad + "    return False"]
@@ -317,10 +326,12 @@ class _Compiler:
         for name in sorted(required - set(props)):
             out += [ipad + f"if {name!r} not in {var}:", ipad + "    return False"]
         extra = schema.get("additionalProperties", True)
-        if extra is not True and extra != {}:
-            key, val = self.fresh(), self.fresh()
+        key, val = self.fresh(), self.fresh()
+        checks = self.emit(extra, val, inner + 2)
+        if checks and not props:  # every value is an additional one
+            out += [ipad + f"for {val} in {var}.values():", *(line[4:] for line in checks)]
+        elif checks:
             known = self.const(frozenset(props))
-            checks = self.emit(extra, val, inner + 2)
             out += [ipad + f"for {key}, {val} in {var}.items():", ipad + f"    if {key} not in {known}:", *checks]
         if not bare and len(out) == 1:
             return []
