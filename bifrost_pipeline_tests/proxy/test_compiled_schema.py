@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -148,6 +149,8 @@ def test_date_time_days_of_every_month_are_the_reference_check(year):
         for day in ["00", "01", "28", "29", "30", "31", "32", "99"]:
             value = f"{year}-{month}-{day}T12:00:00Z"
             assert compiled_schema.is_date_time(value) is bool(reference(value)), value
+            # The one-regex path of the compiled check never accepts what the reference refuses.
+            assert not compiled_schema._COMMON_DATE_TIME(value) or reference(value), value
 
 
 def test_records_past_the_cached_shapes_get_the_general_check(monkeypatch):
@@ -156,3 +159,43 @@ def test_records_past_the_cached_shapes_get_the_general_check(monkeypatch):
     check = compiled_schema.compile_check(SCHEMA, {"date-time": compiled_schema.is_date_time})
     assert check(record()) and not check(record(status_code=600)) and not check(record(timestamp="yesterday"))
     assert not check({k: v for k, v in record().items() if k != "model"}) and not check([])
+
+
+def test_a_shape_check_answers_for_its_own_keys_only():
+    """Each key set gets its check, tried first on the next record: records of other keys, the same keys in
+    another order, or missing a required key are each judged by the check of their own keys."""
+    check = compiled_schema.compile_check(SCHEMA, {"date-time": compiled_schema.is_date_time})
+    good, no_model = record(), {k: v for k, v in record().items() if k != "model"}
+    reordered = dict(reversed(list(record(status_code=201).items())))
+    extra, bad_extra = {**record(), "surprise": 1}, {**record(model=5), "surprise": 1}  # extra keys: allowed
+    for rec, valid in [(no_model, False), (good, True), (reordered, True), (extra, True), (bad_extra, False),
+                       (good, True), (record(status_code=600), False), (no_model, False), (reordered, True)]:  # fmt: skip
+        assert check(rec) is valid, rec
+
+
+SMALL_SCHEMAS = [
+    {"type": "object", "properties": {"n": {"type": ["integer", "null"], "exclusiveMinimum": 0, "maximum": 9}}},
+    {"type": "object", "properties": {"n": {"type": "number", "minimum": 0.5, "exclusiveMaximum": 2}}},
+    {"type": "object", "properties": {"s": {"type": ["string", "null"], "minLength": 1, "maxLength": 3}}},
+    {"type": "object", "properties": {"s": {"type": "string", "minLength": 2}}, "required": ["s"]},
+    {"type": "object", "properties": {"z": {"type": "null"}, "o": {"type": ["object", "null"],
+                                      "additionalProperties": {"type": "integer"}}}},  # fmt: skip
+    {"type": "object", "properties": {"o": {"type": "object", "additionalProperties": {"description": "any"},
+                                      "properties": {"k": {"type": "string"}}}}},  # fmt: skip
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": {"type": "string"}},
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
+]
+SMALL_VALUES = [*ANY_JSON, -0.5, 0.5, 2, 2.0, 9.0, 10, "", "abcd", {"k": "v"}, {"k": 1.0}, {"k": True}]
+
+
+@pytest.mark.parametrize("schema", SMALL_SCHEMAS)
+def test_small_schemas_agree_with_the_reference_for_every_shape(schema):
+    """Each keyword the compiler writes code for, alone or beside others, on objects of one, two or no keys
+    (so on the check of each key set as well as the general one), values of every JSON type among them."""
+    reference = jsonschema.validators.validator_for(schema)(schema)
+    check = compiled_schema.compile_check(schema, {})
+    names = [*schema["properties"], "other"]
+    objects = [{}, *({name: value} for name in names for value in SMALL_VALUES)]
+    objects += [{names[0]: value, "other": "x"} for value in SMALL_VALUES]
+    for obj in objects:
+        assert check(obj) is reference.is_valid(obj), (schema, obj)
