@@ -14,7 +14,7 @@ GenAI spans the same way (``convert_spans``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -192,7 +192,7 @@ class SpanBatch:
         return sum(len(v) for v in self.groups.values())
 
 
-def convert_spans(spans: list[dict], *, customer_id: str, content: bool, pricing: Pricing) -> SpanBatch:
+def convert_spans(spans: Iterable[dict], *, customer_id: str, content: bool, pricing: Pricing) -> SpanBatch:
     """Records of the GenAI spans among ``spans``, each checked against the JSON Schema."""
     batch, hours, valid = SpanBatch(), HourGroups(), compiled_check()
     batch.groups = hours.groups

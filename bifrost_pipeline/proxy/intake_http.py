@@ -66,6 +66,12 @@ class IntakeEndpoints:
             self.metrics.records_landed.labels("logs").inc(report["accepted"])
         return await send_whole(send, 200, orjson.dumps(report))
 
+    def _spans(self, body: bytes, ctype: str, encoding: str, customer: str) -> tuple[intake.SpanBatch, bool]:
+        """The records of a trace export; raises ValueError on a body that is not one, all or none (its spans
+        are decoded as they are converted)."""
+        spans, is_json = otlp.decode(body, ctype, encoding)
+        return intake.convert_spans(spans, customer_id=customer, content=self.content, pricing=self.pricing), is_json
+
     async def traces(self, scope: Scope, receive: Receive, send: Send) -> int:
         body = await self._body(scope, receive, send)
         if isinstance(body, int):
@@ -73,12 +79,9 @@ class IntakeEndpoints:
         ctype = header(scope, b"content-type").lower()
         customer = header(scope, self.customer_header) or self.proxy.default_customer
         try:
-            spans, is_json = await asyncio.to_thread(otlp.decode, body, ctype, header(scope, b"content-encoding"))
+            batch, is_json = await asyncio.to_thread(self._spans, body, ctype, header(scope, b"content-encoding"), customer)
         except (ValueError, OSError) as err:
             return await send_whole(send, 400, orjson.dumps({"code": 3, "message": str(err)[:500]}))
-        batch = await asyncio.to_thread(
-            intake.convert_spans, spans, customer_id=customer, content=self.content, pricing=self.pricing
-        )
         if batch.groups:
             try:
                 await self.writer.commit(batch.groups)

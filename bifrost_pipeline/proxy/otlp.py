@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from operator import methodcaller
 from typing import Any
@@ -120,8 +121,9 @@ def decode_json(body: bytes) -> list[dict]:
     return spans
 
 
-def decode(body: bytes, content_type: str, content_encoding: str = "") -> tuple[list[dict], bool]:
-    """(spans, is_json). Raises ValueError on a body that is not OTLP."""
+def decode(body: bytes, content_type: str, content_encoding: str = "") -> tuple[Iterable[dict], bool]:
+    """(spans, is_json). Raises ValueError on a body that is not OTLP; protobuf spans are made one at a time
+    as they are iterated, and one whose strings are not UTF-8 raises ValueError then (``otlp_wire``)."""
     if content_encoding.strip().lower() == "gzip":
         body = gzip.decompress(body)
     is_json = "json" in content_type
@@ -233,6 +235,8 @@ def _bool(v: Any) -> bool | None:
 
 def _number(v: Any) -> float | None:
     """A finite number >= 0, also when sent as text ("12", "5.7e-06"); booleans are not numbers."""
+    if v is None:
+        return None
     n = _signed(v)
     return n if n is not None and n >= 0 else None
 
@@ -343,11 +347,15 @@ def _litellm_usage(a: dict) -> dict[str, int | None]:
     return usage_fields(usage)
 
 
-_TOKENS = ("input_tokens", "output_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
-
-
 def _tokens(a: dict, r: dict) -> dict[str, int | None]:
-    out = {key: _int(r.get(key)) for key in _TOKENS}
+    get = r.get
+    out = {
+        "input_tokens": _int(get("input_tokens")),
+        "output_tokens": _int(get("output_tokens")),
+        "total_tokens": _int(get("total_tokens")),
+        "cached_tokens": _int(get("cached_tokens")),
+        "reasoning_tokens": _int(get("reasoning_tokens")),
+    }
     if "metadata.usage_object" in a:
         for key, value in _litellm_usage(a).items():
             if out[key] is None:
@@ -357,13 +365,18 @@ def _tokens(a: dict, r: dict) -> dict[str, int | None]:
     return out
 
 
+_RESOURCE_METADATA = ("service.name", "deployment.environment", "deployment.environment.name")
+_SPAN_METADATA = ("gen_ai.response.id", "gen_ai.conversation.id", "litellm.call_id")
+
+
 def _metadata(span: dict) -> dict[str, str]:
-    a = span["attributes"]
+    a, resource = span["attributes"], span["resource"]
     metadata: dict[str, str] = {}
-    for key in ("service.name", "deployment.environment", "deployment.environment.name"):
-        if key in span["resource"]:
-            metadata[key] = str(span["resource"][key])
-    for key in ("gen_ai.response.id", "gen_ai.conversation.id", "litellm.call_id"):
+    if resource:
+        for key in _RESOURCE_METADATA:
+            if key in resource:
+                metadata[key] = str(resource[key])
+    for key in _SPAN_METADATA:
         if a.get(key):
             metadata[key] = str(a[key])
     metadata["trace_id"] = span["trace_id"]

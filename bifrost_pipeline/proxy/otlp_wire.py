@@ -19,9 +19,11 @@ this read and the generated classes' read agree, value for value and error for e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -150,43 +152,57 @@ def _simple(raw: bytes) -> Any:
 
 def _span_attributes(view: Any) -> dict[str, Any]:
     out = {}
-    for key in view:  # keys, then each value: the map's items() is a generator in Python, a third slower
-        raw = view[key]
-        # A string of under 128 bytes alone in its AnyValue, the most common attribute, read inline.
-        if len(raw) > 1 and raw[0] == _STRING_TAG and raw[1] < 0x80 and raw[1] + 2 == len(raw):
-            out[key] = raw[2:].decode()
-        else:
-            out[key] = value_of(raw)
+    key = ""
+    try:
+        for key in view:  # keys, then each value: the map's items() is a generator in Python, a third slower
+            raw = view[key]
+            # A string of under 128 bytes alone in its AnyValue, the most common attribute, read inline.
+            if len(raw) > 1 and raw[0] == _STRING_TAG and raw[1] < 0x80 and raw[1] + 2 == len(raw):
+                out[key] = raw[2:].decode()
+            else:
+                out[key] = value_of(raw)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"attribute {key[:200]!r}: a string that is not UTF-8 ({err})") from None
     return out
 
 
-def decode_spans(body: bytes) -> list[dict]:
-    """The spans of an ExportTraceServiceRequest, each a dict (``otlp.decode`` describes it). Raises what
-    protobuf raises on a body that is not one (and UnicodeDecodeError on a string that is not UTF-8)."""
+def decode_spans(body: bytes) -> Iterator[dict]:
+    """The spans of an ExportTraceServiceRequest, each a dict (``otlp.decode`` describes it), made one at a
+    time: each is mapped to its record while it is still in the processor's cache. The body is parsed first,
+    and raises what protobuf raises on a body that is not one; a span raises ValueError when one of its
+    strings is not UTF-8, which refuses the whole body as protobuf would."""
     req = request_class()()
     req.ParseFromString(body)
-    spans = []
+    return _spans(req)
+
+
+def _spans(req: Any) -> Iterator[dict]:
     for rs in req.resource_spans:
         resource = attributes(rs.resource.attributes)
         for ss in rs.scope_spans:
             for s in ss.spans:
-                status = Status.FromString(s.status) if s.status else None
-                spans.append(
-                    {
-                        "name": s.name,
-                        "trace_id": s.trace_id.hex(),
-                        "span_id": s.span_id.hex(),
-                        "parent_span_id": s.parent_span_id.hex(),
-                        "start_ns": s.start_time_unix_nano,
-                        "end_ns": s.end_time_unix_nano,
-                        "status_code": status.code if status else 0,
-                        "status_message": status.message if status else "",
-                        "attributes": _span_attributes(s.attributes),
-                        "events": [_event(raw) for raw in s.events] if s.events else [],
-                        "resource": resource,
-                    }
-                )
-    return spans
+                yield _span(s, resource)
+
+
+def _span(s: Any, resource: dict) -> dict:
+    try:
+        status = Status.FromString(s.status) if s.status else None
+        events = [_event(raw) for raw in s.events] if s.events else []
+    except DecodeError as err:  # read only now: the view parsed them as bytes
+        raise ValueError(f"span {s.span_id.hex()}: its status or events are not protobuf ({err})") from None
+    return {
+        "name": s.name,
+        "trace_id": s.trace_id.hex(),
+        "span_id": s.span_id.hex(),
+        "parent_span_id": s.parent_span_id.hex(),
+        "start_ns": s.start_time_unix_nano,
+        "end_ns": s.end_time_unix_nano,
+        "status_code": status.code if status else 0,
+        "status_message": status.message if status else "",
+        "attributes": _span_attributes(s.attributes),
+        "events": events,
+        "resource": resource,
+    }
 
 
 def _event(raw: bytes) -> dict:

@@ -25,9 +25,16 @@ def load_table(overrides: Mapping[str, object] | None = None) -> dict[str, tuple
 class Pricing:
     def __init__(self, overrides: Mapping[str, object] | None = None):
         self.table = load_table(overrides)
+        self._found: dict[tuple[str, str], tuple[float, float] | None] = {}  # a few models, asked per record
 
     def price(self, provider: str, model: str) -> tuple[float, float] | None:
-        return self.table.get(f"{provider}/{model}") or self.table.get(model)
+        key = (provider, model)
+        if key in self._found:
+            return self._found[key]
+        if len(self._found) >= 4096:  # senders name the models: bounded
+            self._found.clear()
+        found = self._found[key] = self.table.get(f"{provider}/{model}") or self.table.get(model)
+        return found
 
     def cost(
         self, provider: str, model: str, input_tokens: int | None, output_tokens: int | None

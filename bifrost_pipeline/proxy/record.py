@@ -53,7 +53,10 @@ def iso_ns(ns: int) -> str:
         if len(_SECONDS_SINCE_EPOCH) >= 4096:
             _SECONDS_SINCE_EPOCH.clear()
         text = _SECONDS_SINCE_EPOCH[seconds] = datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None).isoformat()
-    return f"{text}.{rest // 1_000_000:03d}Z"
+    return text + _MILLISECONDS[rest // 1_000_000]
+
+
+_MILLISECONDS = [f".{ms:03d}Z" for ms in range(1000)]
 
 
 def hour_key(ts: datetime) -> datetime:

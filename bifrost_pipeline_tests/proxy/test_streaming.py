@@ -16,7 +16,7 @@ import pytest
 from bifrost_pipeline.proxy.assembler import StreamAssembler
 from bifrost_pipeline.proxy.forward import ClientRequest
 from bifrost_pipeline.proxy.pricing import Pricing
-from bifrost_pipeline.proxy.record import RecordRules, base_record, finish_record
+from bifrost_pipeline.proxy.record import RecordRules, base_record, finish_record, iso
 from bifrost_pipeline.proxy.streaming import relay_stream
 
 RULES = RecordRules(Pricing(), keep_content=True)
@@ -68,7 +68,7 @@ def request_of(request_type: str, body: dict, path: str = "/v1/chat/completions"
 
 def new_record(request: ClientRequest) -> dict:
     return base_record(
-        started=datetime.now(UTC),
+        timestamp=iso(datetime.now(UTC)),
         request_id="req-1",
         customer_id="cust_1",
         provider="openai",
