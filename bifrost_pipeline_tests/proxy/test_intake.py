@@ -236,6 +236,24 @@ def test_traces_garbage(proxy_env):
     assert r.status_code == 400
 
 
+def test_traces_with_a_string_that_is_not_utf8_are_refused_whole_naming_the_attribute(proxy_env):
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    good_model = f"model-{uuid.uuid4().hex}"
+    for i, model in enumerate([good_model, "MODELX"]):  # the first span is good: nothing lands either way
+        spans.add(name="chat", trace_id=bytes(16), span_id=(i + 1).to_bytes(8, "big"), start_time_unix_nano=1,
+                  attributes=[KeyValue(key="gen_ai.request.model", value=AnyValue(string_value=model))])
+    body = req.SerializeToString().replace(b"MODELX", b"MODEL\xff")
+    r = httpx.post(proxy_env["url"] + "/v1/traces", content=body, headers={"content-type": "application/x-protobuf"})
+    assert r.status_code == 400 and "gen_ai.request.model" in r.json()["message"] and "UTF-8" in r.json()["message"]
+    time.sleep(0.3)
+    # no segment, published or still being written, holds the good span
+    assert not [p for p in proxy_env["landing"].rglob("*") if p.is_file() and good_model.encode() in p.read_bytes()]
+
+
 def test_traces_gzip_protobuf(proxy_env):
     import gzip
 
