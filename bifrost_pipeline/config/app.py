@@ -6,7 +6,7 @@ import re
 from datetime import UTC, date, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -55,9 +55,12 @@ class PipelineConfig(Strict):
     # UTC hours, which Dagster's executor runs in parallel (processes, or pods with the k8s job executor),
     # then one step deduplicates across the day and commits it. 1: one step. Still one daily partition.
     hour_groups: Annotated[int, Field(ge=1, le=24)] = 1
-    # How many of those steps one run executes at once on one machine (multiprocess executor); None: one
-    # per core.
+    # How many of those steps one run executes at once (processes or pods); None: one per core with the
+    # multiprocess executor, no limit with the k8s job executor.
     hour_group_concurrency: Annotated[int, Field(ge=1)] | None = None
+    # Where a split day's steps run: "multiprocess" (processes of the run's machine or pod) or "k8s_job"
+    # (a Kubernetes Job per step, dagster-k8s's k8s_job_executor, for a run launched by the K8sRunLauncher).
+    hour_group_executor: Literal["multiprocess", "k8s_job"] = "multiprocess"
 
 
 class AppConfig(Strict):

@@ -91,6 +91,18 @@ def test_the_hour_steps_run_in_parallel_processes_under_the_multiprocess_executo
     assert sorted(pl.read_parquet(validation.raw_path(app, DAY))["request_id"]) == list("abcdefghij")
 
 
+def test_a_split_day_runs_its_steps_in_parallel_by_default_and_on_kubernetes_in_pods(tmp_path, monkeypatch):
+    _, defs, _ = configure(tmp_path, monkeypatch, hour_groups=4)  # no concurrency given: one per core
+    executor = defs.resolve_job_def(RAW_JOB).executor_def
+    assert executor.name == "multiprocess"
+    _, defs, _ = configure(tmp_path, monkeypatch, hour_groups=1)
+    assert defs.resolve_job_def(RAW_JOB).executor_def.name == "in_process"
+    _, defs, _ = configure(tmp_path, monkeypatch, hour_groups=4, hour_group_executor="k8s_job", hour_group_concurrency=3)
+    assert defs.resolve_job_def(RAW_JOB).executor_def.name == "k8s"
+    with pytest.raises(Exception, match="hour_group_executor"):
+        configure(tmp_path, monkeypatch, hour_groups=4, hour_group_executor="celery")
+
+
 def test_hour_groups_out_of_range_are_refused(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="hour_groups"):
         configure(tmp_path, monkeypatch, hour_groups=25)
