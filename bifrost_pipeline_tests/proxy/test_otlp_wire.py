@@ -174,6 +174,32 @@ def test_a_malformed_value_replaced_by_a_later_duplicate_is_the_one_leniency():
     assert span["attributes"] == {"k": "last"}
 
 
+def test_a_status_written_twice_is_merged_as_protobuf_merges_it():
+    span = Span(name="s", span_id=b"\x01" * 8).SerializeToString()
+    copies = Status(code=2).SerializeToString(), Status(message="late").SerializeToString()
+    doubled = _wrap_span(span + b"".join(b"\x7a" + _varint(len(c)) + c for c in copies))  # field 15, twice
+    (mine,) = list(otlp_wire.decode_spans(doubled))
+    (theirs,) = reference_decode(doubled)
+    assert (mine["status_code"], mine["status_message"]) == (theirs["status_code"], theirs["status_message"]) == (2, "late")
+
+
+def _wrap_span(span_bytes: bytes) -> bytes:
+    """An ExportTraceServiceRequest holding one span given as its bytes (written as they are)."""
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | 2]) + _varint(len(payload)) + payload
+
+    return field(1, field(2, field(2, span_bytes)))  # resource_spans(1) > scope_spans(2) > spans(2)
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        out += bytes([n & 0x7F | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            return out
+
+
 def test_a_malformed_value_refuses_the_body_naming_the_attribute():
     req = ExportTraceServiceRequest()
     req.resource_spans.add().scope_spans.add().spans.add(name="s", attributes=[KeyValue(key="gen_ai.system", value=AnyValue(string_value="x"))])
