@@ -3,15 +3,11 @@ hands over the bytes of what the generated classes would make Python objects of.
 
 opentelemetry-proto's generated classes make an object of every attribute's KeyValue and of its AnyValue,
 and reading them costs about a microsecond an attribute: most of the time ``/v1/traces`` spent. The view is
-the same ``.proto`` files with three fields of ``Span`` read differently, each the same bytes on the wire:
-
-- ``attributes`` (field 9, repeated KeyValue) as ``map<string, bytes>``. A map entry is a message with the
-  key in field 1 and the value in field 2, which is what a KeyValue is, so upb hands over each key with its
-  AnyValue's bytes. A string (nearly every attribute), an integer below 2**63 or an array of strings is
-  read from those bytes here; any other value is parsed by the generated AnyValue class;
-- ``status`` (15) and ``events`` (11) as ``repeated bytes``, parsed by the generated classes only when a
-  span has them (a span that succeeded has neither). Repeated, so that a status written twice is merged
-  from every copy, as protobuf merges a message field.
+the same ``.proto`` files with one field of ``Span`` read differently: ``attributes`` (field 9, repeated
+KeyValue) as ``map<string, bytes>``. A map entry is a message with the key in field 1 and the value in
+field 2, which is what a KeyValue is, so upb hands over each key with its AnyValue's bytes. A string
+(nearly every attribute), an integer below 2**63 or an array of strings is read from those bytes here; any
+other value is parsed by the generated AnyValue class.
 
 As with the generated classes, a duplicated key keeps its last value, and a request they refuse is refused
 (a string that is not UTF-8 included), with one leniency: the value of a key that a later duplicate
@@ -27,31 +23,24 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-# Span's fields the view reads differently, by number (a field number is fixed for good by protobuf's rules)
-ATTRIBUTES, EVENTS, STATUS = 9, 11, 15
+ATTRIBUTES = 9  # Span's field the view reads differently (a field number is fixed for good by protobuf's rules)
 # AnyValue's string_value (field 1, length-delimited), int_value (3, varint), array_value (5, length-delimited)
 _STRING_TAG, _INT_TAG, _ARRAY_TAG = 0x0A, 0x18, 0x2A
 
 
 def _view_span(span: Any) -> None:
-    """Change ``span`` (a DescriptorProto of Span) into the view: attributes as a map of bytes, status and
-    events as repeated bytes."""
+    """Change ``span`` (a DescriptorProto of Span) into the view: its attributes as a map of bytes."""
     from google.protobuf.descriptor_pb2 import FieldDescriptorProto as Field
 
     fields = {f.number: f for f in span.field}
-    if (fields[ATTRIBUTES].name, fields[EVENTS].name, fields[STATUS].name) != ("attributes", "events", "status"):
+    if fields[ATTRIBUTES].name != "attributes":
         raise RuntimeError("opentelemetry-proto's Span is not the one this view was written for")
     entry = span.nested_type.add(name="AttributeBytes")
     entry.options.map_entry = True
     entry.field.add(name="key", number=1, type=Field.TYPE_STRING, label=Field.LABEL_OPTIONAL)
     entry.field.add(name="value", number=2, type=Field.TYPE_BYTES, label=Field.LABEL_OPTIONAL)
     fields[ATTRIBUTES].type_name = f".opentelemetry.proto.trace.v1.Span.{entry.name}"
-    for number in (EVENTS, STATUS):
-        fields[number].type = Field.TYPE_BYTES
-        fields[number].label = Field.LABEL_REPEATED
-        fields[number].ClearField("type_name")
 
 
 @cache
@@ -191,7 +180,7 @@ def _spans(req: Any) -> Iterator[dict]:
 
 
 def _span(s: Any, resource: dict) -> dict:
-    status = _status(s.status) if s.status else None
+    status = s.status
     return {
         "name": s.name,
         "trace_id": s.trace_id.hex(),
@@ -199,27 +188,9 @@ def _span(s: Any, resource: dict) -> dict:
         "parent_span_id": s.parent_span_id.hex(),
         "start_ns": s.start_time_unix_nano,
         "end_ns": s.end_time_unix_nano,
-        "status_code": status.code if status else 0,
-        "status_message": status.message if status else "",
+        "status_code": status.code,
+        "status_message": status.message,
         "attributes": _span_attributes(s.attributes),
-        "events": [_event(raw) for raw in s.events] if s.events else [],
+        "events": [{"name": e.name, "attributes": attributes(e.attributes)} for e in s.events],
         "resource": resource,
     }
-
-
-def _status(copies: Any) -> Status:
-    status = Status()
-    try:
-        for raw in copies:
-            status.MergeFromString(raw)
-    except DecodeError as err:  # read only now: the view parsed it as bytes
-        raise ValueError(f"a span's status is not an OTLP Status ({err})") from None
-    return status
-
-
-def _event(raw: bytes) -> dict:
-    try:
-        event = Span.Event.FromString(raw)
-    except DecodeError as err:
-        raise ValueError(f"a span's event is not an OTLP Event ({err})") from None
-    return {"name": event.name, "attributes": attributes(event.attributes)}
