@@ -123,7 +123,8 @@ def decode_json(body: bytes) -> list[dict]:
 
 def decode(body: bytes, content_type: str, content_encoding: str = "") -> tuple[Iterable[dict], bool]:
     """(spans, is_json). Raises ValueError on a body that is not OTLP; protobuf spans are made one at a time
-    as they are iterated, and one whose strings are not UTF-8 raises ValueError then (``otlp_wire``)."""
+    as they are iterated, and one with an attribute value that cannot be read (a string that is not UTF-8,
+    bytes that are not an AnyValue) raises ValueError then, naming the attribute (``otlp_wire``)."""
     if content_encoding.strip().lower() == "gzip":
         body = gzip.decompress(body)
     is_json = "json" in content_type
