@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import SecretStr, model_validator
 
 from bifrost_pipeline.destinations.base import DestinationConfig
@@ -38,4 +40,22 @@ def aws_session(credentials: AwsCredentials | None, region: str | None):
         aws_session_token=cr.session_token.get_secret_value() if cr and cr.session_token else None,
         profile_name=cr.profile if cr else None,
         region_name=region,
+    )
+
+
+def aws_client(service: str, cfg: Any, **config: Any):
+    """A boto3 client of ``service`` for a destination's config (its credentials, region, endpoint_url,
+    max_attempts and timeouts); ``config``: more botocore Config settings of that service."""
+    from botocore.config import Config
+
+    return aws_session(cfg.credentials, cfg.region).client(
+        service,
+        endpoint_url=cfg.endpoint_url,
+        config=Config(
+            # total_max_attempts counts the first try (botocore's max_attempts counts only retries)
+            retries={"mode": "standard", "total_max_attempts": cfg.max_attempts},
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            **config,
+        ),
     )

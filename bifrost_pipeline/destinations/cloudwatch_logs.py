@@ -32,7 +32,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from bifrost_pipeline.destinations.aws import AwsCredentials, aws_session
+from bifrost_pipeline.destinations.aws import AwsCredentials, aws_client
 from bifrost_pipeline.destinations.base import (
     DatasetFile,
     DestinationConfig,
@@ -151,20 +151,8 @@ class CloudWatchLogsDestination(EventDestination):
 
     @cached_property
     def client(self):
-        from botocore.config import Config
-
-        cfg, cr = self.config, self.config.credentials
         with self.calls("creating the CloudWatch Logs client"):
-            session = aws_session(cr, cfg.region)
-            return session.client(
-                "logs",
-                endpoint_url=cfg.endpoint_url,
-                config=Config(
-                    retries={"mode": "standard", "total_max_attempts": cfg.max_attempts},
-                    connect_timeout=cfg.connect_timeout,
-                    read_timeout=cfg.read_timeout,
-                ),
-            )
+            return aws_client("logs", self.config)
 
     # --- writing ------------------------------------------------------------------------------------------
 

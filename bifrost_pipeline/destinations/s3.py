@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from bifrost_pipeline.destinations.aws import AwsCredentials, aws_session
+from bifrost_pipeline.destinations.aws import AwsCredentials, aws_client
 from bifrost_pipeline.destinations.base import DestinationError, PrefixedConfig, none_if_empty
 from bifrost_pipeline.destinations.object_store import (
     ObjectStoreDestination,
@@ -86,22 +86,13 @@ class S3Destination(ObjectStoreDestination):
 
     @cached_property
     def client(self):
-        from botocore.config import Config
-
-        cfg, cr = self.config, self.config.credentials
+        cfg = self.config
         with self.calls("creating the S3 client"):
-            session = aws_session(cr, cfg.region)
-            return session.client(
+            return aws_client(
                 "s3",
-                endpoint_url=cfg.endpoint_url,
-                config=Config(
-                    # total_max_attempts counts the first try (botocore's max_attempts counts only retries)
-                    retries={"mode": "standard", "total_max_attempts": cfg.max_attempts},
-                    connect_timeout=cfg.connect_timeout,
-                    read_timeout=cfg.read_timeout,
-                    s3={"addressing_style": "path" if cfg.path_style else "auto"},
-                    max_pool_connections=max(10, cfg.max_concurrency),
-                ),
+                cfg,
+                s3={"addressing_style": "path" if cfg.path_style else "auto"},
+                max_pool_connections=max(10, cfg.max_concurrency),
             )
 
     def _extra_args(self) -> dict[str, str]:
