@@ -6,10 +6,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install emulators lint dev bench clean
 
-$(STAMP): pyproject.toml
+# The proxy's compiled modules (bifrost_pipeline/proxy/native.py) are built by the install: it runs again when
+# one of their sources changes, else the stale module would run from source, slower.
+NATIVE_SOURCES := $(shell $(PYTHON) -c 'import runpy; n = runpy.run_path("bifrost_pipeline/proxy/native.py"); \
+	print(" ".join("bifrost_pipeline/proxy/" + s for s in n["NATIVE_MODULES"].values()))') \
+	$(wildcard bifrost_pipeline/proxy/*.pxd)
+
+$(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip uv
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[proxy,cloud,deploy,test]'
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --reinstall-package bifrost_pipeline -e '.[proxy,cloud,deploy,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/bifrost-pipeline demo
 
 test: $(STAMP) emulators
-	$(VENV)/bin/ruff check bifrost_pipeline bifrost_pipeline_tests bench
+	$(VENV)/bin/ruff check bifrost_pipeline bifrost_pipeline_tests bench setup.py
 	$(PY) -m pytest -q
 
 # The Dagster UI and daemon on the instance of dagster.yaml (the demo's runs are there), and beside them the

@@ -24,6 +24,8 @@ from typing import Any
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from . import native
+
 ATTRIBUTES = 9  # Span's field the view reads differently (a field number is fixed for good by protobuf's rules)
 # AnyValue's string_value (field 1, length-delimited), int_value (3, varint), array_value (5, length-delimited)
 _STRING_TAG, _INT_TAG, _ARRAY_TAG = 0x0A, 0x18, 0x2A
@@ -168,7 +170,25 @@ def decode_spans(body: bytes) -> Iterator[dict]:
     whole body as protobuf would."""
     req = request_class()()
     req.ParseFromString(body)
+    if _scan is not None:
+        try:
+            parts = _scan.layout(body)
+        except _scan.Unusual:
+            return _spans(req)
+        return _scan.spans(body, parts, req, _span, attributes)
     return _spans(req)
+
+
+def _load_scan() -> Any:
+    """otlp_scan, when it is compiled from the otlp_scan.pyx beside this (``native``), else None."""
+    if native.state("otlp_scan") != "compiled":
+        return None
+    from . import otlp_scan
+
+    return otlp_scan
+
+
+_scan = _load_scan()
 
 
 def _spans(req: Any) -> Iterator[dict]:
