@@ -1,6 +1,6 @@
 """Intake benchmark: `/v1/logs` records/s and MB/s and `/v1/traces` spans/s on one core, beside a floor.
 
-    python bench/intake_bench.py [--records 100000] [--batch 1000 5000]
+    python bench/intake_bench.py [--records 100000] [--batch 1000 5000] [--spans 50000] [--otlp-rounds 3]
 
 Everything runs in this process, on one thread for the work and the landing writer's thread for the I/O,
 as a proxy worker does (no HTTP: the proxy_bench measures requests; malloc tuned as a worker tunes it,
@@ -11,7 +11,10 @@ as a proxy worker does (no HTTP: the proxy_bench measures requests; malloc tuned
   ``LandingWriter.commit`` (group commit: appended to the rotating segments and fsynced before the
   answer). Target (issue 13): >= 100,000 records/s of about 2 KB, and >= 0.5x the floor;
 - OTLP: ``otlp.decode`` + ``intake.convert_spans`` of protobuf bodies of 1,000 openai-v2 chat spans each (the
-  GenAI span of a recording (bifrost_pipeline_tests/data/otlp), and the same group commit. Target: >= 50,000 spans/s;
+  GenAI span of a recording (bifrost_pipeline_tests/data/otlp), and the same group commit. Target: >= 50,000 spans/s.
+  Run twice, each in a process of its own: with the proxy's compiled modules (``proxy/native.py``) as
+  installed, and from source (BIFROST_NATIVE=0), the baseline: what an install without a C compiler does;
+  each also converts every body once without landing it (the share of the group commit);
 - files: the segments the run created, beside one per batch and UTC hour (how intake landed before);
 - peak RSS of the process.
 
@@ -24,9 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -176,14 +182,43 @@ def run_otlp(total: int, work: Path) -> dict:
         spans, _ = otlp.decode(body, "application/x-protobuf", "")
         return intake.convert_spans(spans, customer_id="bench", content=True, pricing=pricing).groups
 
+    convert(bodies[0])  # warm, as a worker is after its first request: the check compiled, the prices read
+    with Clock() as alone:  # decode, map, check and serialize, nothing landed: where the commit's share shows
+        for body in bodies:
+            convert(body)
     clock, writer = asyncio.run(_land(work / "landing-otlp", bodies, convert))
     n = 1000 * len(bodies)
     return {
         "spans": n,
         "spans_per_s": n / clock.wall,
         "spans_per_cpu_s": n / clock.cpu,
+        "convert_only_per_cpu_s": n / alone.cpu,
         "landed": writer.rotating.lines_published,
     }
+
+
+def _spread(values: list[float]) -> str:
+    values = sorted(values)
+    return f"{statistics.median(values):,.0f} ({values[0]:,.0f} - {values[-1]:,.0f})"
+
+
+def otlp_in_child(spans: int, native: bool) -> dict:
+    """run_otlp in a process of its own, with the compiled modules or from source (BIFROST_NATIVE=0)."""
+    env = {**os.environ, "BIFROST_NATIVE": "1" if native else "0"}
+    out = subprocess.run(
+        [sys.executable, __file__, "--otlp-child", str(spans)], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _as_a_worker_starts() -> None:
+    try:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core for the work (and the writer)
+    except (AttributeError, OSError):
+        pass
+    keep_freed_memory()  # as a proxy worker does at its start
+    gc.collect()
+    gc.freeze()  # as a proxy worker does once loaded (server.serve)
 
 
 def main() -> None:
@@ -191,12 +226,17 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--batch", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--spans", type=int, default=50_000)
+    parser.add_argument("--otlp-rounds", type=int, default=3, help="OTLP runs of each side, in turn")
+    parser.add_argument("--otlp-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    try:
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core for the work (and the writer)
-    except (AttributeError, OSError):
-        pass
-    keep_freed_memory()  # as a proxy worker does at its start
+    if args.otlp_child:
+        from bifrost_pipeline.proxy import native
+
+        _as_a_worker_starts()
+        with tempfile.TemporaryDirectory(prefix="intake-bench-otlp-") as tmp:
+            print(json.dumps({**run_otlp(args.otlp_child, Path(tmp)), "native": native.states()}))
+        return
+    _as_a_worker_starts()
     records = canonical_records(args.records, datetime(2026, 3, 4, 5, tzinfo=UTC))
     size = sum(len(r) for r in records) / len(records)
     print(f"{args.records} canonical records of {size:.0f} bytes on average, two UTC hours")
@@ -211,11 +251,28 @@ def main() -> None:
                 f"{r['ratio']:>8.2f} {r['files']:>6} {r['files_one_per_batch_hour']:>15} {r['group_commits']:>7}"
                 f"{'':>19}{r['floor_cpu_rps']:>9,.0f} {r['intake_cpu_rps']:>8,.0f} {r['cpu_ratio']:>8.2f}"
             )
-        o = run_otlp(args.spans, work)
-        print(
-            f"OTLP protobuf, 1,000 openai-v2 chat spans a body: {o['spans_per_s']:,.0f} spans/s, "
-            f"{o['spans_per_cpu_s']:,.0f} per CPU second ({o['landed']} landed)"
-        )
+    print(
+        f"OTLP protobuf, 1,000 openai-v2 chat spans a body (target: 50,000 spans/s), {args.otlp_rounds} rounds, "
+        "compiled and from source in turn: median (lowest - highest)"
+    )
+    rounds: dict[bool, list[dict]] = {True: [], False: []}
+    for _ in range(args.otlp_rounds):
+        for native in (True, False):
+            rounds[native].append(otlp_in_child(args.spans, native))
+    for runs in rounds.values():
+        states = {state for o in runs for state in o["native"].values()}
+        how = "compiled" if states == {"compiled"} else "from source" if "compiled" not in states else "partly compiled"
+        figures = [
+            f"{_spread([o[key] for o in runs])} {label}"
+            for key, label in (
+                ("spans_per_s", "spans/s"),
+                ("spans_per_cpu_s", "per CPU second"),
+                ("convert_only_per_cpu_s", "per CPU second without landing"),
+            )
+        ]
+        print(f"  {how:>15}: " + "; ".join(figures) + f" ({sum(o['landed'] for o in runs)} landed)")
+    ratios = [a["spans_per_cpu_s"] / b["spans_per_cpu_s"] for a, b in zip(rounds[True], rounds[False], strict=True)]
+    print(f"  compiled / from source per CPU second, round by round: {' '.join(f'{r:.2f}' for r in ratios)}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MB")
     print(

@@ -2,6 +2,7 @@
 
     python bench/split_day_bench.py                      # 1M records (about 1.5 GB of NDJSON)
     python bench/split_day_bench.py --records 200K --groups 2,4
+    python bench/split_day_bench.py --step-cores 1       # each step held to one core's threads, as a pod
 
 The same landed day (pipeline_bench's generator, segments spread over the 24 hours) is materialized by
 the raw_logs job as Dagster runs it: a reconstructable code location, a persistent instance and the
@@ -12,6 +13,11 @@ process per core, then combine_day): the gain of the split itself, apart from wh
 processes cost. Each side runs in its own process tree; we print wall time, records/s, the
 speedup over one step, and peak RSS: of the largest process and of all processes together (sampled every
 50 ms from /proc), since parallel steps add up on one machine. Every side must produce the same rows.
+
+A step of `validate_day` already keeps about 1.6 cores busy (Polars' threads), so on a 2-core machine the
+split has little left to win. ``--step-cores 1`` holds every process of every side to one core's worth of
+threads (POLARS_MAX_THREADS, and OMP_NUM_THREADS for pyarrow), as a cluster's pods with ``cpu: 1`` each
+are: then one step uses one core and N steps use N, which is what splitting a day across pods buys.
 """
 
 from __future__ import annotations
@@ -147,8 +153,10 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def measure(side: str, config: Path) -> dict:
+def measure(side: str, config: Path, step_cores: int | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    if step_cores:  # inherited by every step process the side starts
+        env |= {"POLARS_MAX_THREADS": str(step_cores), "OMP_NUM_THREADS": str(step_cores)}
     proc = subprocess.Popen(
         [sys.executable, __file__, "--child", side, "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -175,6 +183,7 @@ def main() -> None:
     parser.add_argument("--groups", default="2,4", help="hour groups to compare with one step, e.g. 2,4,8")
     parser.add_argument("--work", type=Path, default=HERE / "out" / "split_day")
     parser.add_argument("--keep", action="store_true", help="keep the landed day for another run")
+    parser.add_argument("--step-cores", type=int, help="threads of each process (POLARS_MAX_THREADS), as a pod's CPU limit")
     parser.add_argument("--child", choices=["direct", "job"], help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -204,13 +213,14 @@ def main() -> None:
     results = []
     for label, side, groups in sides:
         shutil.rmtree(work / "data", ignore_errors=True)
-        results.append((label, measure(side, write_config(work, groups))))
+        results.append((label, measure(side, write_config(work, groups), args.step_cores)))
     rows = {r["rows"] for _, r in results}
     assert len(rows) == 1, f"the sides wrote different days: {[(label, r['rows']) for label, r in results]}"
 
     recs = landed["records"]
     one_step = results[1][1]["seconds"]
-    print(f"\n{recs:,} records, {landed['bytes'] / 1e9:.2f} GB NDJSON, {os.cpu_count()} cores, {rows.pop():,} rows in raw_logs")
+    held = f", each process held to {args.step_cores} core(s) of threads" if args.step_cores else ""
+    print(f"\n{recs:,} records, {landed['bytes'] / 1e9:.2f} GB NDJSON, {os.cpu_count()} cores{held}, {rows.pop():,} rows in raw_logs")
     print(f"{'':30}{'seconds':>9}{'records/s':>12}{'vs 1 step':>11}{'RSS MB, all':>13}{'RSS MB, largest':>17}")
     for label, r in results:
         print(
