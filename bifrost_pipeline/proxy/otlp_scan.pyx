@@ -42,10 +42,18 @@ cdef enum:
     MAX_DEPTH = 100  # protobuf's own limit of nested messages and groups
 
 
-cdef struct Cursor:
+cdef struct Cursor:  # where a message's fields are read: p[pos:end]
     const unsigned char* p
     Py_ssize_t pos
     Py_ssize_t end
+
+
+cdef inline Cursor at(const unsigned char* p, Py_ssize_t start, Py_ssize_t end) noexcept:
+    cdef Cursor c
+    c.p = p
+    c.pos = start
+    c.end = end
+    return c
 
 
 cdef inline uint64_t read_varint(Cursor* c) except? 0xFFFFFFFFFFFFFFFF:
@@ -69,6 +77,23 @@ cdef inline Py_ssize_t read_len(Cursor* c) except -1:
     if n > <uint64_t>(c.end - c.pos):
         raise Unusual("length")
     return <Py_ssize_t>n
+
+
+cdef inline bint next_field(Cursor* c, uint64_t* number, int* wire) except -1:
+    """Read the next field's tag (False past the message's last field)."""
+    if c.pos >= c.end:
+        return False
+    cdef uint64_t tag = read_varint(c)
+    number[0] = tag >> 3
+    wire[0] = <int>(tag & 7)
+    return True
+
+
+cdef inline Py_ssize_t take(Cursor* c) except -1:
+    """Past a length-delimited field's payload; returns where it starts (it ends at the cursor)."""
+    cdef Py_ssize_t n = read_len(c)
+    c.pos += n
+    return c.pos - n
 
 
 cdef int skip(Cursor* c, int wire, uint64_t number, int depth=0) except -1:
@@ -139,9 +164,7 @@ cdef object attribute_value(const unsigned char* p, Py_ssize_t start, Py_ssize_t
         if p[start] == 0x0A and p[start + 1] < 0x80 and p[start + 1] + 2 == n:  # string_value
             return PyUnicode_DecodeUTF8(<const char*>(p + start + 2), n - 2, NULL)
         if p[start] == 0x18 and n <= 10 and p[start + n - 1] < 0x80:  # int_value, at most 9 bytes of varint
-            c.p = p
-            c.pos = start + 1
-            c.end = start + n
+            c = at(p, start + 1, start + n)
             v = read_varint(&c)
             if c.pos == c.end:
                 return <int64_t>v
@@ -150,137 +173,119 @@ cdef object attribute_value(const unsigned char* p, Py_ssize_t start, Py_ssize_t
 
 cdef int key_value(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, dict out) except -1:
     """A KeyValue (or the view's map entry: the same bytes) into ``out``."""
-    cdef Cursor c
-    c.p = p
-    c.pos = start
-    c.end = end
-    cdef uint64_t tag
-    cdef Py_ssize_t n, key_at = -1, key_n = 0, value_at = -1, value_n = 0
-    cdef int field, wire
-    while c.pos < c.end:
-        tag = read_varint(&c)
-        field = <int>(tag >> 3)
-        wire = <int>(tag & 7)
+    cdef Cursor c = at(p, start, end)
+    cdef uint64_t field
+    cdef int wire
+    cdef Py_ssize_t key_at = -1, key_end = 0, value_at = -1, value_end = 0
+    while next_field(&c, &field, &wire):
         if field == 1 and wire == LEN:
-            n = read_len(&c)
-            key_at, key_n = c.pos, n
-            c.pos += n
+            key_at = take(&c)
+            key_end = c.pos
         elif field == 2 and wire == LEN:
             if value_at >= 0:
-                raise Unusual("value twice")
-            n = read_len(&c)
-            value_at, value_n = c.pos, n
-            c.pos += n
+                raise Unusual("value twice")  # protobuf merges the two AnyValues
+            value_at = take(&c)
+            value_end = c.pos
         else:
-            skip(&c, wire, tag >> 3)
-    key = text(p, key_at, key_n) if key_at >= 0 else ""
+            skip(&c, wire, field)
+    key = text(p, key_at, key_end - key_at) if key_at >= 0 else ""
     if value_at < 0:
         out[key] = None
     else:
         try:
-            out[key] = attribute_value(p, value_at, value_n)
+            out[key] = attribute_value(p, value_at, value_end - value_at)
         except Exception:  # not UTF-8, not an AnyValue: the view names the attribute, or a later duplicate replaces it
             raise Unusual("value")
     return 0
 
 
-cdef tuple status(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, tuple current):
-    cdef Cursor c
-    c.p = p
-    c.pos = start
-    c.end = end
-    cdef uint64_t tag
-    cdef Py_ssize_t n
-    cdef int field, wire
-    code, message = current
-    while c.pos < c.end:
-        tag = read_varint(&c)
-        field = <int>(tag >> 3)
-        wire = <int>(tag & 7)
-        if field == 2 and wire == LEN:
-            n = read_len(&c)
-            message = text(p, c.pos, n)
-            c.pos += n
-        elif field == 3 and wire == VARINT:
-            code = <int32_t>read_varint(&c)
+cdef dict attributes_of(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, uint64_t number):
+    """The KeyValues of field ``number`` of the message at ``start:end`` (an event's, a resource's)."""
+    cdef Cursor c = at(p, start, end)
+    cdef uint64_t field
+    cdef int wire
+    cdef Py_ssize_t at_
+    cdef dict attrs = {}
+    while next_field(&c, &field, &wire):
+        if field == number and wire == LEN:
+            at_ = take(&c)
+            key_value(p, at_, c.pos, attrs)
         else:
-            skip(&c, wire, tag >> 3)
+            skip(&c, wire, field)
+    return attrs
+
+
+cdef tuple status(const unsigned char* p, Py_ssize_t start, Py_ssize_t end):
+    """(code, message) of a Status."""
+    cdef Cursor c = at(p, start, end)
+    cdef uint64_t field
+    cdef int wire
+    cdef Py_ssize_t at_
+    code, message = 0, ""
+    while next_field(&c, &field, &wire):
+        if field == 2 and wire == LEN:
+            at_ = take(&c)
+            message = text(p, at_, c.pos - at_)
+        elif field == 3 and wire == VARINT:
+            code = <int32_t>read_varint(&c)  # an enum: int32, negative ones written in ten bytes
+        else:
+            skip(&c, wire, field)
     return code, message
 
 
 cdef dict event(const unsigned char* p, Py_ssize_t start, Py_ssize_t end):
-    cdef Cursor c
-    c.p = p
-    c.pos = start
-    c.end = end
-    cdef uint64_t tag
-    cdef Py_ssize_t n
-    cdef int field, wire
+    cdef Cursor c = at(p, start, end)
+    cdef uint64_t field
+    cdef int wire
+    cdef Py_ssize_t at_
     name = ""
-    cdef dict attrs = {}
-    while c.pos < c.end:
-        tag = read_varint(&c)
-        field = <int>(tag >> 3)
-        wire = <int>(tag & 7)
+    while next_field(&c, &field, &wire):
         if field == 2 and wire == LEN:
-            n = read_len(&c)
-            name = text(p, c.pos, n)
-            c.pos += n
-        elif field == 3 and wire == LEN:
-            n = read_len(&c)
-            key_value(p, c.pos, c.pos + n, attrs)
-            c.pos += n
+            at_ = take(&c)
+            name = text(p, at_, c.pos - at_)
         else:
-            skip(&c, wire, tag >> 3)
-    return {"name": name, "attributes": attrs}
+            skip(&c, wire, field)
+    return {"name": name, "attributes": attributes_of(p, start, end, 3)}
 
 
 cdef dict span(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, dict resource):
-    cdef Cursor c
-    c.p = p
-    c.pos = start
-    c.end = end
-    cdef uint64_t tag
-    cdef Py_ssize_t n
-    cdef int field, wire
+    cdef Cursor c = at(p, start, end)
+    cdef uint64_t field
+    cdef int wire
+    cdef Py_ssize_t at_, n
     cdef bint has_status = False
-    name = ""
-    trace_id = span_id = parent = ""
     cdef uint64_t start_ns = 0, end_ns = 0
     cdef dict attrs = {}
     cdef list events = []
+    name = trace_id = span_id = parent = ""
     state = (0, "")
-    while c.pos < c.end:
-        tag = read_varint(&c)
-        field = <int>(tag >> 3)
-        wire = <int>(tag & 7)
+    while next_field(&c, &field, &wire):
         if wire == LEN and (field <= 5 or field == 9 or field == 11 or field == 15):
-            n = read_len(&c)
+            at_ = take(&c)
+            n = c.pos - at_
             if field == 9:
-                key_value(p, c.pos, c.pos + n, attrs)
+                key_value(p, at_, c.pos, attrs)
             elif field == 1:
-                trace_id = hexid(p, c.pos, n)
+                trace_id = hexid(p, at_, n)
             elif field == 2:
-                span_id = hexid(p, c.pos, n)
+                span_id = hexid(p, at_, n)
             elif field == 4:
-                parent = hexid(p, c.pos, n)
+                parent = hexid(p, at_, n)
             elif field == 5:
-                name = text(p, c.pos, n)
+                name = text(p, at_, n)
             elif field == 11:
-                events.append(event(p, c.pos, c.pos + n))
+                events.append(event(p, at_, c.pos))
             elif field == 15:
                 if has_status:
-                    raise Unusual("status twice")
+                    raise Unusual("status twice")  # protobuf merges the copies
                 has_status = True
-                state = status(p, c.pos, c.pos + n, state)
-            c.pos += n
-        elif wire == I64 and (field == 7 or field == 8):
-            if field == 7:
-                start_ns = fixed64(&c)
-            else:
-                end_ns = fixed64(&c)
+                state = status(p, at_, c.pos)
+        elif wire == I64 and field == 7:
+            start_ns = fixed64(&c)
+        elif wire == I64 and field == 8:
+            end_ns = fixed64(&c)
         else:
-            skip(&c, wire, tag >> 3)
+            skip(&c, wire, field)
     return {
         "name": name,
         "trace_id": trace_id,
@@ -296,45 +301,19 @@ cdef dict span(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, dict re
     }
 
 
-cdef dict resource_attributes(const unsigned char* p, Py_ssize_t start, Py_ssize_t end):
-    cdef Cursor c
-    c.p = p
-    c.pos = start
-    c.end = end
-    cdef uint64_t tag
-    cdef Py_ssize_t n
-    cdef int field, wire
-    cdef dict attrs = {}
-    while c.pos < c.end:
-        tag = read_varint(&c)
-        field = <int>(tag >> 3)
-        wire = <int>(tag & 7)
-        if field == 1 and wire == LEN:
-            n = read_len(&c)
-            key_value(p, c.pos, c.pos + n, attrs)
-            c.pos += n
-        else:
-            skip(&c, wire, tag >> 3)
-    return attrs
-
-
-cdef list ranges(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, int number):
+cdef list ranges(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, uint64_t number):
     """(start, end) of each length-delimited field ``number`` of the message at ``start:end``, in order."""
-    cdef Cursor c
-    c.p = p
-    c.pos = start
-    c.end = end
-    cdef uint64_t tag
-    cdef Py_ssize_t n
+    cdef Cursor c = at(p, start, end)
+    cdef uint64_t field
+    cdef int wire
+    cdef Py_ssize_t at_
     cdef list out = []
-    while c.pos < c.end:
-        tag = read_varint(&c)
-        if <int>(tag >> 3) == number and <int>(tag & 7) == LEN:
-            n = read_len(&c)
-            out.append((c.pos, c.pos + n))
-            c.pos += n
+    while next_field(&c, &field, &wire):
+        if field == number and wire == LEN:
+            at_ = take(&c)
+            out.append((at_, c.pos))
         else:
-            skip(&c, <int>(tag & 7), tag >> 3)
+            skip(&c, wire, field)
     return out
 
 
@@ -359,7 +338,7 @@ def spans(bytes body, list parts, request, view_span, view_attributes):
         resource = None
         if len(resources) == 1:
             try:
-                resource = resource_attributes(p, resources[0][0], resources[0][1])
+                resource = attributes_of(p, resources[0][0], resources[0][1], 1)
             except Unusual:
                 pass
         elif not resources:
