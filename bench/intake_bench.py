@@ -1,6 +1,7 @@
 """Intake benchmark: `/v1/logs` records/s and MB/s and `/v1/traces` spans/s on one core, beside a floor.
 
     python bench/intake_bench.py [--records 100000] [--batch 1000 5000] [--spans 50000] [--otlp-rounds 3]
+                                 [--senders 1 4]
 
 Everything runs in this process, on one thread for the work and the landing writer's thread for the I/O,
 as a proxy worker does (no HTTP: the proxy_bench measures requests; malloc tuned as a worker tunes it,
@@ -12,6 +13,9 @@ as a proxy worker does (no HTTP: the proxy_bench measures requests; malloc tuned
   answer). Target (issue 13): >= 100,000 records/s of about 2 KB, and >= 0.5x the floor;
 - OTLP: ``otlp.decode`` + ``intake.convert_spans`` of protobuf bodies of 1,000 openai-v2 chat spans each (the
   GenAI span of a recording (bifrost_pipeline_tests/data/otlp), and the same group commit. Target: >= 50,000 spans/s.
+  With 1 sender, and with ``--senders`` clients sending at once, as a gateway's instances and collectors do:
+  each sends its next body once the last is answered, so while one waits for its fsync the core converts
+  another's body, and the bodies that wait together share one group commit (the figure says how many);
   Run twice, each in a process of its own: with the proxy's compiled modules (``proxy/native.py``) as
   installed, and from source (BIFROST_NATIVE=0), the baseline: what an install without a C compiler does;
   each also converts every body once without landing it (the share of the group commit);
@@ -112,13 +116,21 @@ def floor(batches: list[bytes], path: Path) -> Clock:
     return clock
 
 
-async def _land(root: Path, bodies: list[bytes], convert) -> tuple[Clock, LandingWriter]:
+async def _land(root: Path, bodies: list[bytes], convert, senders: int = 1) -> tuple[Clock, LandingWriter]:
+    """Convert and commit every body, as a worker does for ``senders`` clients sending at once: each client
+    sends its next body when the last one is answered (landed and fsynced); while one waits for its fsync,
+    the loop converts another's body, and bodies waiting together share one group commit."""
     writer = LandingWriter(root, queue_size=1000, segment_max_bytes=64 << 20, segment_max_age_s=60, flush_interval_s=1)
     writer.start(asyncio.get_running_loop())
-    with Clock() as clock:
-        for body in bodies:
+    queued = iter(bodies)  # shared by the senders: each takes the next body not yet sent
+
+    async def sender() -> None:
+        for body in queued:
             groups = convert(body)
             await writer.commit(groups)
+
+    with Clock() as clock:
+        await asyncio.gather(*(sender() for _ in range(senders)))
     await writer.aclose()
     return clock, writer
 
@@ -174,7 +186,7 @@ def otlp_bodies(spans_per_body: int, bodies: int) -> list[bytes]:
     return out
 
 
-def run_otlp(total: int, work: Path) -> dict:
+def run_otlp(total: int, work: Path, senders: int) -> dict:
     bodies = otlp_bodies(1000, max(1, total // 1000))
     pricing = Pricing()
 
@@ -186,10 +198,11 @@ def run_otlp(total: int, work: Path) -> dict:
     with Clock() as alone:  # decode, map, check and serialize, nothing landed: where the commit's share shows
         for body in bodies:
             convert(body)
-    clock, writer = asyncio.run(_land(work / "landing-otlp", bodies, convert))
+    clock, writer = asyncio.run(_land(work / "landing-otlp", bodies, convert, senders))
     n = 1000 * len(bodies)
     return {
         "spans": n,
+        "group_commits": writer.group_commits,
         "spans_per_s": n / clock.wall,
         "spans_per_cpu_s": n / clock.cpu,
         "convert_only_per_cpu_s": n / alone.cpu,
@@ -202,12 +215,13 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):,.0f} ({values[0]:,.0f} - {values[-1]:,.0f})"
 
 
-def otlp_in_child(spans: int, native: bool) -> dict:
+def otlp_in_child(spans: int, native: bool, senders: int) -> dict:
     """run_otlp in a process of its own, with the compiled modules or from source (BIFROST_NATIVE=0)."""
     env = {**os.environ, "BIFROST_NATIVE": "1" if native else "0"}
     out = subprocess.run(
-        [sys.executable, __file__, "--otlp-child", str(spans)], env=env, check=True, capture_output=True, text=True
-    ).stdout
+        [sys.executable, __file__, "--otlp-child", str(spans), "--senders", str(senders)],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -221,12 +235,38 @@ def _as_a_worker_starts() -> None:
     gc.freeze()  # as a proxy worker does once loaded (server.serve)
 
 
+def otlp_rounds(spans: int, senders: int, rounds_wanted: int) -> None:
+    rounds: dict[bool, list[dict]] = {True: [], False: []}
+    for _ in range(rounds_wanted):
+        for native in (True, False):
+            rounds[native].append(otlp_in_child(spans, native, senders))
+    bodies_per_commit = statistics.median(o["spans"] / 1000 / o["group_commits"] for o in rounds[True])
+    print(f"  {senders} sender(s) at once, {bodies_per_commit:.1f} bodies per group commit (compiled, median):")
+    for runs in rounds.values():
+        states = {state for o in runs for state in o["native"].values()}
+        how = "compiled" if states == {"compiled"} else "from source" if "compiled" not in states else "partly compiled"
+        figures = [
+            f"{_spread([o[key] for o in runs])} {label}"
+            for key, label in (
+                ("spans_per_s", "spans/s"),
+                ("spans_per_cpu_s", "per CPU second"),
+                ("convert_only_per_cpu_s", "per CPU second without landing"),
+            )
+        ]
+        print(f"  {how:>15}: " + "; ".join(figures) + f" ({sum(o['landed'] for o in runs)} landed)")
+    ratios = [a["spans_per_cpu_s"] / b["spans_per_cpu_s"] for a, b in zip(rounds[True], rounds[False], strict=True)]
+    print(f"  compiled / from source per CPU second, round by round: {' '.join(f'{r:.2f}' for r in ratios)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--batch", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--spans", type=int, default=50_000)
     parser.add_argument("--otlp-rounds", type=int, default=3, help="OTLP runs of each side, in turn")
+    parser.add_argument(
+        "--senders", type=int, nargs="+", default=[1, 4], help="OTLP clients sending at once (each waits for its answer)"
+    )
     parser.add_argument("--otlp-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.otlp_child:
@@ -234,7 +274,8 @@ def main() -> None:
 
         _as_a_worker_starts()
         with tempfile.TemporaryDirectory(prefix="intake-bench-otlp-") as tmp:
-            print(json.dumps({**run_otlp(args.otlp_child, Path(tmp)), "native": native.states()}))
+            result = run_otlp(args.otlp_child, Path(tmp), args.senders[0])
+            print(json.dumps({**result, "native": native.states()}))
         return
     _as_a_worker_starts()
     records = canonical_records(args.records, datetime(2026, 3, 4, 5, tzinfo=UTC))
@@ -255,24 +296,8 @@ def main() -> None:
         f"OTLP protobuf, 1,000 openai-v2 chat spans a body (target: 50,000 spans/s), {args.otlp_rounds} rounds, "
         "compiled and from source in turn: median (lowest - highest)"
     )
-    rounds: dict[bool, list[dict]] = {True: [], False: []}
-    for _ in range(args.otlp_rounds):
-        for native in (True, False):
-            rounds[native].append(otlp_in_child(args.spans, native))
-    for runs in rounds.values():
-        states = {state for o in runs for state in o["native"].values()}
-        how = "compiled" if states == {"compiled"} else "from source" if "compiled" not in states else "partly compiled"
-        figures = [
-            f"{_spread([o[key] for o in runs])} {label}"
-            for key, label in (
-                ("spans_per_s", "spans/s"),
-                ("spans_per_cpu_s", "per CPU second"),
-                ("convert_only_per_cpu_s", "per CPU second without landing"),
-            )
-        ]
-        print(f"  {how:>15}: " + "; ".join(figures) + f" ({sum(o['landed'] for o in runs)} landed)")
-    ratios = [a["spans_per_cpu_s"] / b["spans_per_cpu_s"] for a, b in zip(rounds[True], rounds[False], strict=True)]
-    print(f"  compiled / from source per CPU second, round by round: {' '.join(f'{r:.2f}' for r in ratios)}")
+    for senders in args.senders:
+        otlp_rounds(args.spans, senders, args.otlp_rounds)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MB")
     print(

@@ -153,6 +153,28 @@ def json_schema() -> dict[str, Any]:
     return json.loads((schemas_dir() / "log_record.schema.json").read_text())
 
 
+def strict_validator(schema: dict[str, Any], *, formats: bool = True):
+    """A jsonschema validator of ``schema`` with one stricter word than JSON Schema's: an ``integer`` is
+    written as one (``100``, not ``100.0`` or ``1e2``). JSON Schema counts ``1.0`` as an integer, but the
+    Parquet column of an integer field is an integer column and the day's reader takes no fraction or
+    exponent there: such a record would be accepted at intake and quarantined later. Imported on first use:
+    the proxy starts without jsonschema."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema)
+    strict = cls.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    cls = jsonschema.validators.extend(cls, type_checker=strict)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER if formats else None)
+
+
+@cache
+def json_schema_validator(*, formats: bool = True):
+    """The record's ``strict_validator``: the intake's reference check and the quarantine's reasons."""
+    return strict_validator(json_schema(), formats=formats)
+
+
 @cache
 def fields() -> tuple[FieldSpec, ...]:
     schema = json_schema()

@@ -105,6 +105,12 @@ def quarantine_path(app: AppConfig, day: date) -> Path:
 # --- rules derived from the schema ---------------------------------------------------------------------
 
 
+def _parsed_timestamp(col: pl.Expr) -> pl.Expr:
+    """An RFC 3339 date-time column as UTC datetimes (null where it is not one). Upper-cased first: RFC 3339
+    and the intake's check allow a lower-case ``t`` and ``z``, which the format does not match."""
+    return col.str.to_uppercase().str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", time_unit="us", strict=False)
+
+
 def _value_text(name: str) -> pl.Expr:
     return pl.col(name).cast(pl.String)
 
@@ -118,7 +124,7 @@ def _rule_exprs() -> tuple[pl.Expr, ...]:
         if f.required:
             rules.append(pl.when(col.is_null()).then(pl.lit(f"{f.name}: required")))
         if f.kind == "timestamp":
-            parsed = col.str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", time_unit="us", strict=False)
+            parsed = _parsed_timestamp(col)
             rules.append(
                 pl.when(col.is_not_null() & parsed.is_null()).then(
                     pl.format("{}: {} is not an RFC 3339 date-time with a zone", pl.lit(f.name), col)
@@ -160,7 +166,7 @@ def _rule_exprs() -> tuple[pl.Expr, ...]:
 
 def _reason_expr(day: date) -> pl.Expr:
     """All broken rules of a row joined with '; ' ('' when the row is valid)."""
-    ts = pl.col("timestamp").str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", time_unit="us", strict=False)
+    ts = _parsed_timestamp(pl.col("timestamp"))
     outside = pl.when(ts.dt.date() != pl.lit(day)).then(
         pl.format("timestamp: {} is outside the partition day {} (UTC)", pl.col("timestamp"), pl.lit(day.isoformat()))
     )
@@ -173,7 +179,7 @@ def _typed_exprs() -> list[pl.Expr]:
     out = []
     for f in records.fields():
         if f.kind == "timestamp":
-            out.append(pl.col(f.name).str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", time_unit="us", strict=False))
+            out.append(_parsed_timestamp(pl.col(f.name)))
         else:
             out.append(pl.col(f.name).cast(schema[f.name]))
     return out
@@ -189,12 +195,8 @@ def _read(block: bytes) -> pl.DataFrame:
     return pl.read_ndjson(io.BytesIO(block), schema=records.polars_read_schema())
 
 
-@cache
 def _validator():
-    import jsonschema
-
-    cls = jsonschema.validators.validator_for(records.json_schema())
-    return cls(records.json_schema())
+    return records.json_schema_validator(formats=False)
 
 
 def _reason_kind(reason: str) -> str:

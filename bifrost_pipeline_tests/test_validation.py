@@ -190,7 +190,26 @@ WORDED = [
     (b"\x0b", "malformed JSON: unexpected character, expected a JSON value, found U+000B (column 1)"),
     (b"42", "expected a JSON object, got int"),
     (b"null", "expected a JSON object, got null"),
+    # an integer column's value written with a fraction or an exponent: the field named, as at intake
+    (GOOD.replace(b'"input_tokens": 100', b'"input_tokens": 100.0'), "input_tokens: 100.0 is not of type 'integer'"),
+    (GOOD.replace(b'"latency_ms": 1250', b'"latency_ms": 1.25e3'), "latency_ms: 1250.0 is not of type 'integer'"),
 ]
+
+
+def test_rfc_3339_as_senders_write_it_is_read_lower_case_long_fractions_and_offsets(tmp_path):
+    """What the intake accepts as a date-time, the day reads: a lower-case t and z, nine fraction digits
+    (cut to the microsecond), an offset that puts the UTC time on this day."""
+    app = make_app(tmp_path)
+    times = {"a": "2024-01-15t10:30:00z", "b": "2024-01-15T10:30:00.123456789Z", "c": "2024-01-16T05:00:00+23:59",
+             "d": "2024-01-14t23:30:00.5-01:00"}  # fmt: skip
+    land(app, [record(request_id=k, timestamp=v) for k, v in times.items()], utc(2024, 1, 15, 10))
+    result = validation.validate_day(app, DAY)
+    assert (result.valid_rows, result.quarantined_rows) == (4, 0), dict(result.reasons)
+    got = dict(pl.read_parquet(result.raw_path).select("request_id", "timestamp").iter_rows())
+    assert [got[k].isoformat() for k in "abcd"] == [
+        "2024-01-15T10:30:00+00:00", "2024-01-15T10:30:00.123456+00:00", "2024-01-15T05:01:00+00:00",
+        "2024-01-15T00:30:00.500000+00:00",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("line", "words"), WORDED, ids=[w for _, w in WORDED])

@@ -75,14 +75,15 @@ class LandingState:
 
 def hour_dir(root: Path, when: datetime) -> Path:
     when = when.astimezone(UTC)
-    return Path(root) / f"date={when:%Y-%m-%d}" / f"hour={when:%H}"
+    # isoformat, not %Y: strftime writes the year 999 as "999", a directory no reader of day 0999-01-01 lists
+    return Path(root) / f"date={when.date().isoformat()}" / f"hour={when.hour:02d}"
 
 
 def new_segment_name(source: str, when: datetime) -> str:
     """A unique, sortable segment file name: time, writer, process and a random suffix."""
     when = when.astimezone(UTC)
     safe = re.sub(r"[^A-Za-z0-9_-]", "-", source) or "writer"
-    return f"{when:%Y%m%dT%H%M%S}-{safe}-{os.getpid()}-{uuid.uuid4().hex[:12]}{SEGMENT_SUFFIX}"
+    return f"{when.year:04d}{when:%m%dT%H%M%S}-{safe}-{os.getpid()}-{uuid.uuid4().hex[:12]}{SEGMENT_SUFFIX}"
 
 
 def writer_pid(name: str) -> int | None:

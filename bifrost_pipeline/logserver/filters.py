@@ -234,11 +234,11 @@ def _record_time(rec: Mapping[str, Any]) -> datetime | None:
     text = rec.get("timestamp")
     if not isinstance(text, str):
         return None
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+    try:  # RFC 3339 allows a lower-case t and z
+        when = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+        return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
+    except (ValueError, OverflowError):  # not a date-time; or one whose UTC time is outside years 1-9999
         return None
-    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
 
 
 def _json_path(key: str) -> str:

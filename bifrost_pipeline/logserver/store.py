@@ -116,12 +116,16 @@ def _sql_list(paths: list[Path]) -> str:
 
 
 def _select(available: set[str] | None) -> str:
-    """The normalized columns: ``ts`` (naive UTC) for filters, JSON as text; a column a file lacks is NULL."""
+    """The normalized columns: ``ts`` (naive UTC) for filters, JSON as text; a column a file lacks is NULL.
+    ``available`` None: landed lines (``_json_reader``), whose times are RFC 3339 text, a lower-case ``t``
+    or ``z`` allowed (upper-cased here: DuckDB's cast takes only upper case)."""
     cols = []
     for f in records.fields():
         present = available is None or f.name in available
         expr = f'"{f.name}"' if present else f"CAST(NULL AS {_DUCK_TYPES[f.kind].replace('JSON', 'VARCHAR')})"
-        if f.kind == "timestamp" and present:
+        if f.kind == "timestamp" and available is None:
+            expr = f"timezone('UTC', TRY_CAST(upper({expr}) AS TIMESTAMPTZ))"
+        elif f.kind == "timestamp" and present:
             expr = f"timezone('UTC', CAST({expr} AS TIMESTAMPTZ))"
         elif f.kind == "json" and present:
             expr = f"CAST({expr} AS VARCHAR)"
@@ -130,7 +134,8 @@ def _select(available: set[str] | None) -> str:
 
 
 def _json_reader(paths: list[Path]) -> str:
-    columns = "{" + ", ".join(f"'{f.name}': '{_DUCK_TYPES[f.kind]}'" for f in records.fields()) + "}"
+    types = {f.name: "VARCHAR" if f.kind == "timestamp" else _DUCK_TYPES[f.kind] for f in records.fields()}
+    columns = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in types.items()) + "}"
     return (
         f"read_json({_sql_list(paths)}, format='newline_delimited', columns={columns}, ignore_errors=true, "
         "maximum_object_size=67108864)"

@@ -4,10 +4,11 @@ hot path (a few microseconds a record, where jsonschema takes about 150).
 ``compile_check(schema)`` writes straight-line code for the keywords the record's schema uses (type, enum,
 const, minimum/maximum, minLength/maxLength, pattern, format, required, properties, additionalProperties,
 items; annotations are skipped), and for an object schema one more function per set of keys it meets,
-which reads all of those keys in one call (``_by_shape``). A schema with any other keyword is compiled by
-fastjsonschema instead, so a new keyword in ``schemas/`` is still checked, only more slowly. Either way it is
-a filter: a record it calls invalid is explained (or, if the two ever disagree, accepted) by the reference,
-jsonschema (``intake``), and ``test_compiled_schema`` checks on a generated corpus that they agree.
+which reads all of those keys in one call (``_by_shape``). A schema with any other keyword is checked by the
+reference itself (jsonschema), so a new keyword in ``schemas/`` is still checked, only more slowly. Either way
+it is a filter: a record it calls invalid is explained (or, if the two ever disagree, accepted) by the
+reference (``records.strict_validator``, used by ``intake``), and ``test_compiled_schema`` checks on a
+generated corpus that they agree.
 
 Formats are checked with the functions jsonschema's format checker uses (date-time matched the way
 rfc3339_validator does, without upper-casing each value first).
@@ -21,7 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import fastjsonschema
+from bifrost_pipeline import records
 
 ANNOTATIONS = frozenset(
     {"$schema", "$id", "$comment", "title", "description", "examples", "default", "deprecated", "readOnly",
@@ -32,6 +33,8 @@ SUPPORTED = ANNOTATIONS | {
     "maxLength", "pattern", "format", "required", "properties", "additionalProperties", "items",
 }  # fmt: skip
 # A JSON type -> the classes of its decoded values (bool is not an int here: the test is on the exact class).
+# An integer is an int, not a float such as 1.0 (which JSON Schema allows): as the reference validator
+# (records.json_schema_validator) says, an integer column takes an integer written as one.
 _CLASSES: dict[str, tuple[type, ...]] = {"string": (str,), "boolean": (bool,), "null": (type(None),),
     "object": (dict,), "array": (list,), "number": (int, float), "integer": (int,)}  # fmt: skip
 
@@ -116,21 +119,12 @@ def _formats_used(node: Any) -> set[str]:
 
 
 def compile_check(schema: dict, formats: dict[str, Callable[[Any], bool]]) -> Callable[[Any], bool]:
-    """A function ``check(value) -> bool`` equivalent to validating ``value`` against ``schema``."""
+    """A function ``check(value) -> bool`` equivalent to validating ``value`` against ``schema`` with
+    ``records.strict_validator`` (which is the check itself for a schema with a keyword not compiled here)."""
     try:
         general = _Compiler(formats).compile(schema)
     except Unsupported:
-        validate = fastjsonschema.compile(schema, formats=formats, use_default=False)
-        invalid = fastjsonschema.JsonSchemaValueException
-
-        def check(value: Any) -> bool:
-            try:
-                validate(value)
-            except invalid:
-                return False
-            return True
-
-        return check
+        return records.strict_validator(schema).is_valid
     shaped = {k for k in schema if k not in ANNOTATIONS and not k.startswith("x-")}
     if schema.get("type") == "object" and shaped <= {"type", "properties", "required", "additionalProperties"}:
         return _by_shape(schema, formats, general)
@@ -273,8 +267,6 @@ class _Compiler:
                 tests.append(f"{var}.__class__ is {cls.__name__}")
             elif not not_null:
                 tests.append(f"{var} is None")
-        if "integer" in types and "number" not in types:  # JSON Schema: 1.0 is an integer
-            tests.append(f"({var}.__class__ is float and {var}.is_integer())")
         return " or ".join(tests) or "False"
 
     def scalar_checks(self, schema: dict, var: str, ind: int, classes: set[type] | None) -> list[str]:

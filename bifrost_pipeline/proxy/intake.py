@@ -37,10 +37,9 @@ Groups = dict[datetime, list[bytes]]  # serialized records to land, by UTC hour
 
 @cache
 def reference_validator() -> jsonschema.protocols.Validator:
-    """The JSON Schema as written (jsonschema, formats checked): the reference, and the reasons of rejects."""
-    schema = records.json_schema()
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    """The JSON Schema (jsonschema, formats checked, an integer written as one): the reference, and the
+    reasons of rejects."""
+    return records.json_schema_validator()
 
 
 @cache
@@ -174,7 +173,13 @@ def process_batch(body: bytes, *, strip_content: bool) -> tuple[Groups, dict]:
             obj["output_content"] = None
             if obj.get("tool_calls") is not None:  # content too: the model's arguments (schema version 2)
                 obj["tool_calls"] = None
-        hours.lines(obj).append(item.strip() if ndjson and not strip_content else dumps(obj))
+        try:
+            lines = hours.lines(obj)
+        except OverflowError:  # a valid date-time whose UTC time is before year 1 or after 9999
+            problem = {"path": "timestamp", "reason": f"{obj['timestamp']!r} is outside the years 0001-9999 in UTC"}
+            rejected.append({kind: pos, **problem, "errors": [problem]})
+            continue
+        lines.append(item.strip() if ndjson and not strip_content else dumps(obj))
     return hours.groups, {"accepted": hours.count, "rejected_count": len(rejected), "rejected": rejected}
 
 
@@ -205,11 +210,12 @@ def convert_spans(spans: Iterable[dict], *, customer_id: str, content: bool, pri
                 raise ValueError(span["error"])
             rec = otlp.span_to_record(span, customer_id=customer_id, content=content, pricing=pricing)
             problems = [] if valid(rec) else check_record(rec)
-        except Exception as err:  # a span we cannot read is reported, not fatal
+            line = b"" if problems else orjson.dumps(rec)
+        except Exception as err:  # a span we cannot read is reported, not fatal to the other spans
             problems = [{"path": "(span)", "reason": str(err)}]
         if problems:
             batch.rejected += 1
             batch.reasons.append(f"span {span['span_id']}: {problems[0]['path']}: {problems[0]['reason']}")
             continue
-        hours.lines(rec).append(orjson.dumps(rec))
+        hours.lines(rec).append(line)
     return batch

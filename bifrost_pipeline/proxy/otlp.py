@@ -452,7 +452,8 @@ def span_to_record(span: dict, *, customer_id: str, content: bool, pricing) -> d
     _outcome(rec, span, r)
     ttft = _number(r.get("time_to_first_token"))
     if ttft is not None:
-        rec["time_to_first_token_ms"] = int(ttft * 1000)  # the conventions give seconds
+        # the conventions give seconds; past 1e305 s the product is inf, and the check names the field
+        rec["time_to_first_token_ms"] = int(ttft * 1000) if ttft < 1e300 else int(ttft) * 1000
     finish_reason = _finish_reason(a, r)
     if finish_reason is not None:
         rec["finish_reason"] = finish_reason

@@ -105,6 +105,9 @@ def logging_metadata(
     return meta or None, cut, dropped
 
 
+_INF = float("inf")
+
+
 def usage_fields(usage: Any) -> dict[str, int | None]:
     """Token counts from an OpenAI usage object (chat/completions/embeddings or responses naming)."""
     out: dict[str, int | None] = {
@@ -118,7 +121,8 @@ def usage_fields(usage: Any) -> dict[str, int | None]:
         return out
 
     def num(v: Any) -> int | None:
-        return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 else None
+        # not a count: negative, NaN, or inf (1e999 in LiteLLM's Python-literal usage text)
+        return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < _INF else None
 
     out["input_tokens"] = num(usage.get("prompt_tokens", usage.get("input_tokens")))
     out["output_tokens"] = num(usage.get("completion_tokens", usage.get("output_tokens")))

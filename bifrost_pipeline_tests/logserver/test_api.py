@@ -205,6 +205,16 @@ def test_an_open_segment_is_read_and_extra_fields_come_back_whole(tmp_path):
     seg.discard()
 
 
+def test_a_landed_record_with_a_lower_case_t_and_z_is_found_by_time(tmp_path):
+    """RFC 3339 (and the intake's check) allow "2024-01-15t10:00:00z"; DuckDB's cast takes only upper case."""
+    app = logs_app(tmp_path)
+    land(app, [record(request_id="r_upper"), record(request_id="r_lower", timestamp="2024-01-15t10:30:00.5z")])  # hour 10
+    with TestClient(create_app(app)) as c:
+        found = c.get("/api/logs", headers=AUTH, params={"start_time": "2024-01-15T10:30:00.1Z", "end_time": "2024-01-15T11:00:00Z"})
+        assert [r["request_id"] for r in found.json()["logs"]] == ["r_lower"]
+        assert found.json()["logs"][0]["timestamp"] == "2024-01-15T10:30:00.500Z"  # as every time is given back
+
+
 def test_the_logs_section_is_checked():
     from bifrost_pipeline.config import ConfigError, parse_config
 

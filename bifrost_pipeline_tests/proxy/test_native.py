@@ -90,7 +90,8 @@ texts = st.one_of(
     st.sampled_from(["", "0", "12", "-3", "1e999", "nan", "true", "False", "chat", "openai/gpt-4o", "POST",
                      "<class 'openai.NotFoundError'>", '["stop"]', "[]", "{}", "[1,", '[{"type":"tool_call"}]',
                      '[{"role":"assistant","parts":[{"type":"tool_call","id":"c1","name":"f","arguments":{"a":1}}]}]',
-                     "{'prompt_tokens': 5, 'completion_tokens_details': {'reasoning_tokens': 2}}"]),
+                     "{'prompt_tokens': 5, 'completion_tokens_details': {'reasoning_tokens': 2}}",
+                     "{'prompt_tokens': 1e999, 'completion_tokens': 123456789012345678901234567890}"]),
 )  # fmt: skip
 attribute_values = st.one_of(
     st.builds(lambda s: AnyValue(string_value=s), texts),
