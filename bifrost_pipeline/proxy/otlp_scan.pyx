@@ -23,9 +23,17 @@ cdef extern from "Python.h":
     ctypedef unsigned char Py_UCS1
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
     Py_UCS1* PyUnicode_1BYTE_DATA(object o)
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+from cpython.ref cimport PyObject
 from libc.stdint cimport uint64_t, int64_t, int32_t
+from libc.string cimport memcmp, memcpy
+
+import sys
 
 from bifrost_pipeline.proxy.otlp_wire import value_of
+
+cdef bint LITTLE_ENDIAN = sys.byteorder == "little"  # protobuf writes a double's 8 bytes little-endian
 
 
 class Unusual(Exception):
@@ -141,6 +149,40 @@ cdef inline str text(const unsigned char* p, Py_ssize_t start, Py_ssize_t n):
     return PyUnicode_DecodeUTF8(<const char*>(p + start), n, NULL)
 
 
+cdef enum:
+    KEY_SLOTS = 1024  # a power of two
+    KEY_MAX = 64  # longer attribute names are decoded each time
+
+
+# Attribute names repeat from span to span (a few dozen names): each slot keeps the last name whose bytes
+# hashed to it, and a name read again is that same str, not a new one. This spares decoding it, freeing it,
+# and hashing it again in every dict it goes into (a str keeps its hash). ASCII names only: their UTF-8
+# bytes are the str's own data, compared with memcmp. The list owns the strs; the array points into it.
+cdef list key_owners = [None] * KEY_SLOTS
+cdef PyObject* key_slots[KEY_SLOTS]
+
+
+cdef inline str key_text(const unsigned char* p, Py_ssize_t start, Py_ssize_t n):
+    cdef uint64_t h = 14695981039346656037ULL  # FNV-1a
+    cdef Py_ssize_t i
+    cdef PyObject* found
+    if n > KEY_MAX:
+        return text(p, start, n)
+    for i in range(n):
+        h = (h ^ p[start + i]) * 1099511628211ULL
+    h &= KEY_SLOTS - 1
+    found = key_slots[h]
+    if found != NULL and PyUnicode_GET_LENGTH(<object>found) == n and memcmp(
+        PyUnicode_1BYTE_DATA(<object>found), p + start, n
+    ) == 0:
+        return <str>found
+    name = text(p, start, n)
+    if PyUnicode_IS_COMPACT_ASCII(name):
+        key_owners[h] = name
+        key_slots[h] = <PyObject*>name
+    return name
+
+
 cdef const char* HEX_DIGITS = b"0123456789abcdef"
 
 
@@ -156,18 +198,52 @@ cdef str hexid(const unsigned char* p, Py_ssize_t start, Py_ssize_t n):
 
 
 cdef object attribute_value(const unsigned char* p, Py_ssize_t start, Py_ssize_t n):
-    """An AnyValue's value: a string of under 128 bytes or an integer below 2**63 alone in the message (what
-    nearly every attribute is) here, anything else by ``otlp_wire.value_of``."""
-    cdef Cursor c
+    """An AnyValue's value, when it holds one field alone as emitters write it (a string, a bool, an integer
+    below 2**63, a double, an array of such strings) here; anything else by ``otlp_wire.value_of``."""
+    cdef Cursor c = at(p, start, start + n)
+    cdef Cursor element
     cdef uint64_t v
+    cdef double d
+    cdef Py_ssize_t size
+    cdef unsigned char tag
+    cdef list values
     if n > 1:
-        if p[start] == 0x0A and p[start + 1] < 0x80 and p[start + 1] + 2 == n:  # string_value
-            return PyUnicode_DecodeUTF8(<const char*>(p + start + 2), n - 2, NULL)
-        if p[start] == 0x18 and n <= 10 and p[start + n - 1] < 0x80:  # int_value, at most 9 bytes of varint
-            c = at(p, start + 1, start + n)
+        tag = p[start]
+        if tag == 0x0A:  # string_value
+            c.pos += 1
+            size = read_len(&c)
+            if c.pos + size == c.end:
+                return PyUnicode_DecodeUTF8(<const char*>(p + c.pos), size, NULL)
+        elif tag == 0x10 and n == 2 and p[start + 1] < 0x80:  # bool_value, as protobuf writes it
+            return p[start + 1] != 0
+        elif tag == 0x18 and n <= 10 and p[start + n - 1] < 0x80:  # int_value, at most 9 bytes of varint
+            c.pos += 1
             v = read_varint(&c)
             if c.pos == c.end:
                 return <int64_t>v
+        elif tag == 0x21 and n == 9 and LITTLE_ENDIAN:  # double_value
+            memcpy(&d, p + start + 1, 8)  # little-endian, as x86 and ARM hold a double
+            return d
+        elif tag == 0x2A:  # array_value: an ArrayValue, its values each an AnyValue holding a string alone
+            c.pos += 1
+            size = read_len(&c)
+            if c.pos + size == c.end:
+                values = []
+                while c.pos < c.end:
+                    if p[c.pos] != 0x0A:
+                        break
+                    c.pos += 1
+                    size = read_len(&c)  # the element AnyValue
+                    if size < 2 or p[c.pos] != 0x0A:
+                        break
+                    element = at(p, c.pos + 1, c.pos + size)
+                    c.pos += size
+                    size = read_len(&element)
+                    if element.pos + size != element.end:
+                        break
+                    values.append(PyUnicode_DecodeUTF8(<const char*>(p + element.pos), size, NULL))
+                else:
+                    return values
     return value_of(PyBytes_FromStringAndSize(<const char*>(p + start), n))
 
 
@@ -188,7 +264,7 @@ cdef int key_value(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, dic
             value_end = c.pos
         else:
             skip(&c, wire, field)
-    key = text(p, key_at, key_end - key_at) if key_at >= 0 else ""
+    key = key_text(p, key_at, key_end - key_at) if key_at >= 0 else ""
     if value_at < 0:
         out[key] = None
     else:

@@ -349,3 +349,42 @@ def test_a_span_the_scanner_does_not_read_is_read_by_the_view_alone():
     assert same(spans, view_decode(body))
     assert (spans[1]["status_code"], spans[1]["status_message"]) == (2, "late")
     assert spans[2]["attributes"] == {"k": "good"}
+
+
+def _key_slot(name: str) -> int:
+    """The slot of otlp_scan's cache of attribute names (FNV-1a of the UTF-8 bytes, 1,024 slots)."""
+    h = 14695981039346656037
+    for b in name.encode():
+        h = ((h ^ b) * 1099511628211) % 2**64
+    return h & 1023
+
+
+def test_attribute_names_that_share_a_cache_slot_long_ones_and_non_ascii_ones_are_each_read_as_written():
+    """otlp_scan reuses the str of an attribute name read before; names that hash to the same slot take turns
+    in it, and names over 64 bytes or not ASCII are never kept. Span after span, each reads as protobuf does."""
+    by_slot: dict[int, str] = {}
+    pair = None
+    for i in range(5000):
+        name = f"gen_ai.k{i}"
+        slot = _key_slot(name)
+        if slot in by_slot:
+            pair = (by_slot[slot], name)
+            break
+        by_slot[slot] = name
+    assert pair is not None
+    names = [*pair, "x" * 65, "é.model", "gen_ai.request.model", "", pair[0]]
+    req = ExportTraceServiceRequest()
+    scope = req.resource_spans.add().scope_spans.add()
+    for i in range(12):
+        attrs = [(names[(i + j) % len(names)], AnyValue(string_value=f"v{i}-{j}")) for j in range(4)]
+        attrs.append((names[i % 2], AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="stop"), AnyValue(string_value="")]))))
+        attrs.append(("gen_ai.request.temperature", AnyValue(double_value=-0.0 if i % 2 else 0.7)))
+        attrs.append(("gen_ai.request.stream", AnyValue(bool_value=bool(i % 2))))
+        attrs.append(("gen_ai.input.messages", AnyValue(string_value="m" * (100 + 40 * i))))
+        scope.spans.append(Span(name="chat", trace_id=bytes(16), span_id=(i + 1).to_bytes(8, "big"),
+                                attributes=_key_values(attrs)))  # fmt: skip
+    body = req.SerializeToString()
+    read = list(otlp_wire.decode_spans(body))
+    assert same(read, reference_decode(body))
+    assert read[1]["attributes"]["gen_ai.request.temperature"] == 0.0 and read[2]["attributes"]["gen_ai.request.stream"] is False
+    assert read[0]["attributes"][pair[0]] == ["stop", ""]
