@@ -135,17 +135,19 @@ async def _land(root: Path, bodies: list[bytes], convert, senders: int = 1) -> t
     return clock, writer
 
 
-def run_logs(records: list[bytes], batch: int, work: Path) -> dict:
+def run_logs(records: list[bytes], batch: int, work: Path, senders: int) -> dict:
     bodies = [b"\n".join(records[i : i + batch]) for i in range(0, len(records), batch)]
     mb = sum(len(b) for b in bodies) / 1e6
-    base = floor(bodies, work / f"floor-{batch}.ndjson")
-    root = work / f"landing-{batch}"
-    clock, writer = asyncio.run(_land(root, bodies, lambda b: intake.process_batch(b, strip_content=False)[0]))
+    base = floor(bodies, work / f"floor-{batch}-{senders}.ndjson")
+    root = work / f"landing-{batch}-{senders}"
+    convert = lambda b: intake.process_batch(b, strip_content=False)[0]  # noqa: E731
+    clock, writer = asyncio.run(_land(root, bodies, convert, senders))
     files = len(list(root.rglob("*.ndjson")))
     per_batch_hours = sum(len(intake.process_batch(b, strip_content=False)[0]) for b in bodies[:1]) * len(bodies)
     n = len(records)
     return {
         "batch": batch,
+        "senders": senders,
         "floor_rps": n / base.wall,
         "intake_rps": n / clock.wall,
         "intake_mbps": mb / clock.wall,
@@ -265,7 +267,7 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=50_000)
     parser.add_argument("--otlp-rounds", type=int, default=3, help="OTLP runs of each side, in turn")
     parser.add_argument(
-        "--senders", type=int, nargs="+", default=[1, 4], help="OTLP clients sending at once (each waits for its answer)"
+        "--senders", type=int, nargs="+", default=[1, 4], help="clients sending at once (each waits for its answer)"
     )
     parser.add_argument("--otlp-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -281,17 +283,19 @@ def main() -> None:
     records = canonical_records(args.records, datetime(2026, 3, 4, 5, tzinfo=UTC))
     size = sum(len(r) for r in records) / len(records)
     print(f"{args.records} canonical records of {size:.0f} bytes on average, two UTC hours")
-    print(f"{'batch':>6} {'floor rec/s':>12} {'intake rec/s':>13} {'MB/s':>7} {'x floor':>8} {'files':>6} "
+    print(f"{'batch':>6} {'senders':>7} {'floor rec/s':>12} {'intake rec/s':>13} {'MB/s':>7} {'x floor':>8} {'files':>6} "
           f"{'(1/batch/hour)':>15} {'fsyncs':>7}   per CPU second: {'floor':>8} {'intake':>8} {'x floor':>8}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="intake-bench-") as tmp:
         work = Path(tmp)
         for batch in args.batch:
-            r = run_logs(records, batch, work)
-            print(
-                f"{r['batch']:>6} {r['floor_rps']:>12,.0f} {r['intake_rps']:>13,.0f} {r['intake_mbps']:>7.1f} "
-                f"{r['ratio']:>8.2f} {r['files']:>6} {r['files_one_per_batch_hour']:>15} {r['group_commits']:>7}"
-                f"{'':>19}{r['floor_cpu_rps']:>9,.0f} {r['intake_cpu_rps']:>8,.0f} {r['cpu_ratio']:>8.2f}"
-            )
+            for senders in args.senders:
+                r = run_logs(records, batch, work, senders)
+                print(
+                    f"{r['batch']:>6} {r['senders']:>7} {r['floor_rps']:>12,.0f} {r['intake_rps']:>13,.0f} "
+                    f"{r['intake_mbps']:>7.1f} "
+                    f"{r['ratio']:>8.2f} {r['files']:>6} {r['files_one_per_batch_hour']:>15} {r['group_commits']:>7}"
+                    f"{'':>19}{r['floor_cpu_rps']:>9,.0f} {r['intake_cpu_rps']:>8,.0f} {r['cpu_ratio']:>8.2f}"
+                )
     print(
         f"OTLP protobuf, 1,000 openai-v2 chat spans a body (target: 50,000 spans/s), {args.otlp_rounds} rounds, "
         "compiled and from source in turn: median (lowest - highest)"
