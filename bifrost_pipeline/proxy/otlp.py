@@ -82,8 +82,8 @@ def _json_span(s: dict, resource: dict) -> dict:
         "trace_id": str(s.get("traceId", s.get("trace_id", ""))).lower(),
         "span_id": str(s.get("spanId", s.get("span_id", ""))).lower(),
         "parent_span_id": str(s.get("parentSpanId", s.get("parent_span_id", "")) or "").lower(),
-        "start_ns": int(s.get("startTimeUnixNano", s.get("start_time_unix_nano", 0)) or 0),
-        "end_ns": int(s.get("endTimeUnixNano", s.get("end_time_unix_nano", 0)) or 0),
+        "start_ns": _json_nanos(s, "startTimeUnixNano", "start_time_unix_nano"),
+        "end_ns": _json_nanos(s, "endTimeUnixNano", "end_time_unix_nano"),
         "status_code": _STATUS_NAMES.get(code, 0) if isinstance(code, str) else int(code),
         "status_message": status.get("message", ""),
         "attributes": _json_attributes(s.get("attributes")),
@@ -93,6 +93,24 @@ def _json_span(s: dict, resource: dict) -> dict:
         ],
         "resource": resource,
     }
+
+
+def _json_nanos(s: dict, name: str, snake: str) -> int:
+    """A fixed64 time of OTLP/JSON: an integer or its decimal text, from 0 to 2**64 - 1 (0 when absent)."""
+    value = s.get(name, s.get(snake))
+    if value is None or value == "":
+        return 0
+    n = value
+    if isinstance(n, str):
+        try:
+            n = int(n.strip())
+        except ValueError:
+            n = None
+    elif isinstance(n, float) and n.is_integer():
+        n = int(n)
+    if n.__class__ is not int or not 0 <= n < 2**64:
+        raise ValueError(f"{name}: {str(value)[:40]!r} is not nanoseconds since the epoch (an integer, 0 to 2^64 - 1)")
+    return n
 
 
 def _json_attributes(kvs: list | None) -> dict:

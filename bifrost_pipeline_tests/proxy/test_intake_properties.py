@@ -24,11 +24,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from bifrost_pipeline import validation
-from bifrost_pipeline.proxy import intake, otlp_wire
+from bifrost_pipeline.proxy import intake, otlp, otlp_wire
 from bifrost_pipeline.proxy.pricing import Pricing
 from bifrost_pipeline_tests.helpers import land_bytes, make_app, record
 
-from .test_native import genai_requests
+from .test_native import READ_NAMES, genai_requests
 
 INT64_MAX = 2**63 - 1
 
@@ -177,3 +177,47 @@ def test_every_integer_in_the_schema_is_bounded_by_what_its_column_holds():
         low, high = (-(2**31), 2**31 - 1) if prop.get("x-parquet") == "int32" else (-(2**63), 2**63 - 1)
         assert "minimum" in prop and "maximum" in prop, name
         assert low <= prop["minimum"] <= prop["maximum"] <= high, name
+
+
+# OTLP/JSON as senders write it, and not: any JSON where a time, an id or an AnyValue's field goes.
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8), st.sampled_from(["1700000000000000000", "-1", "18446744073709551616", "NaN", "Infinity", "1e3"]),
+)  # fmt: skip
+json_any_values = st.one_of(
+    json_scalars,
+    st.builds(lambda k, v: {k: v}, st.sampled_from(["stringValue", "boolValue", "intValue", "doubleValue", "bytesValue"]), json_scalars),
+    st.builds(lambda vs: {"arrayValue": {"values": vs}}, st.lists(st.builds(lambda v: {"stringValue": v}, json_scalars), max_size=2)),
+)  # fmt: skip
+
+
+@st.composite
+def otlp_json_bodies(draw) -> bytes:
+    spans = []
+    for i in range(draw(st.integers(1, 3))):
+        span = {"name": "chat", "traceId": "ab" * 16, "spanId": f"{i + 1:016x}",
+                "attributes": [{"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o"}}]}  # fmt: skip
+        for key in draw(st.lists(st.sampled_from(["startTimeUnixNano", "endTimeUnixNano", "status"]), max_size=3)):
+            span[key] = draw(json_scalars) if key != "status" else {"code": draw(json_scalars)}
+        for name, value in draw(st.lists(st.tuples(st.sampled_from(READ_NAMES), json_any_values), max_size=6)):
+            span["attributes"].append({"key": name, "value": value})
+        spans.append(span)
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}).encode()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(otlp_json_bodies())
+def test_otlp_json_spans_are_landed_or_rejected_with_a_reason_and_validation_keeps_what_landed(body):
+    """A body is refused whole (ValueError: a 400) or each span is landed or rejected with its reason; a
+    time that is not nanoseconds since the epoch is named."""
+    try:
+        spans, _ = otlp.decode(body, "application/json")
+        spans = list(spans)
+    except ValueError:
+        return
+    batch = intake.convert_spans(spans, customer_id="c", content=True, pricing=Pricing())
+    assert batch.landed + batch.skipped + batch.rejected == len(spans)
+    for reason in batch.reasons:
+        if "TimeUnixNano" in reason:
+            assert "is not nanoseconds since the epoch" in reason, reason
+    _validation_keeps([line for group in batch.groups.values() for line in group])
