@@ -65,6 +65,49 @@ def _allows_null(schema: Any) -> bool:
 _MONTHS_OF_31_DAYS = frozenset({"01", "03", "05", "07", "08", "10", "12"})
 
 
+def _load_scalars() -> Any:
+    """check_scalars, when it is compiled from the check_scalars.pyx beside this (``native``), else None."""
+    from . import native
+
+    if native.state("check_scalars") != "compiled":
+        return None
+    from . import check_scalars
+
+    return check_scalars
+
+
+_SCALARS = _load_scalars()
+_SCALAR_KEYWORDS = frozenset({"type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                              "minLength", "maxLength"})  # fmt: skip
+_SCALAR_TYPES = {"string": "str", "boolean": "bool", "integer": "int", "number": "int float", "null": ""}
+
+
+def _scalar_field(schema: Any) -> Any:
+    """The ``check_scalars.Field`` of a property schema that asks only what it checks (a type of scalars,
+    a string enum, bounds, lengths), else None (the property is checked by generated code)."""
+    if _SCALARS is None or not isinstance(schema, dict) or "type" not in schema:
+        return None
+    if not {k for k in schema if k not in ANNOTATIONS and not k.startswith("x-")} <= _SCALAR_KEYWORDS:
+        return None
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    if not types or not all(isinstance(t, str) and t in _SCALAR_TYPES for t in types):
+        return None
+    allowed = schema["enum"] if "enum" in schema else [schema["const"]] if "const" in schema else None
+    if allowed is not None and not all(isinstance(a, str) for a in allowed):
+        return None
+    bits = _SCALARS.CLASS_BITS
+    classes = 0
+    for t in types:
+        for name in _SCALAR_TYPES[t].split():
+            classes |= bits[{"str": str, "bool": bool, "int": int, "float": float}[name]]
+    if _allows_null(schema):
+        classes |= bits[type(None)]
+    return _SCALARS.Field(
+        classes, allowed, schema.get("minimum"), schema.get("maximum"), schema.get("exclusiveMinimum"),
+        schema.get("exclusiveMaximum"), schema.get("minLength"), schema.get("maxLength"),
+    )  # fmt: skip
+
+
 class Unsupported(Exception):
     """The schema uses a keyword this compiler does not write code for."""
 
@@ -187,8 +230,14 @@ class _Compiler:
             return self.function([*body, "    return False"])
         props = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
-        for name, var in zip(shape, names, strict=True):
-            body += self.value_checks(props[name] if name in props else extra, var, 1)
+        in_c = [_scalar_field(props[name] if name in props else extra) for name in shape] if len(shape) > 1 else []
+        if any(f is not None for f in in_c):  # one call checks these fields in C; the others are written here
+            body[-3] = f"        {', '.join(names)} = values = {read}(v0)"
+            body += [f"    if not {self.const(_SCALARS.scalars_ok)}(values, {self.const(tuple(in_c))}):",
+                     "        return False"]  # fmt: skip
+        for i, (name, var) in enumerate(zip(shape, names, strict=True)):
+            if not (in_c and in_c[i] is not None):
+                body += self.value_checks(props[name] if name in props else extra, var, 1)
         return self.function(body)
 
     def function(self, body: list[str]) -> Callable[[Any], bool]:

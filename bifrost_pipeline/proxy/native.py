@@ -2,15 +2,17 @@
 
 The intake's hot path (``/v1/traces``: reading a request's spans, mapping each to its record, checking it) is
 compiled with Cython when the package is installed (``setup.py``): the ``.py`` modules below as they are,
-and ``otlp_scan.pyx``, which reads spans straight from a request's bytes. Compiled, ``/v1/traces`` takes
-about 1.4x the spans per core (docs/benchmarks.md). Without a C compiler the install builds none of them
-and everything runs from source, slower and the same (``test_native`` checks both ways agree).
+``otlp_scan.pyx``, which reads spans straight from a request's bytes, and ``check_scalars.pyx``, which
+checks a record's scalar fields for the checks ``compiled_schema`` writes (``/v1/logs`` too). Compiled,
+``/v1/traces`` takes about 1.6x the spans per core (docs/benchmarks.md). Without a C compiler the install
+builds none of them and everything runs from source, slower and the same (``test_native`` and
+``test_compiled_schema`` check both ways agree).
 
 A compiled module shadows its source, so one built before its source was edited would run the old code.
 Each build records the SHA-256 of the source it compiled (and of its ``.pxd``) beside the module
 (``<module>.so.source-sha256``);
 at import, a module whose record does not match its source runs from source with a warning, and
-``otlp_scan`` (which has no Python twin) is not used. ``BIFROST_NATIVE=0`` runs everything from source.
+``otlp_scan`` and ``check_scalars`` (which have no Python twin) are not used. ``BIFROST_NATIVE=0`` runs everything from source.
 
 Only the standard library here: ``setup.py`` reads this file before anything is installed.
 """
@@ -31,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 # module -> the source its compiled form is built from (in this package)
 NATIVE_MODULES = {
     "otlp_scan": "otlp_scan.pyx",
+    "check_scalars": "check_scalars.pyx",
     "otlp_wire": "otlp_wire.py",
     "otlp": "otlp.py",
     "intake": "intake.py",

@@ -103,9 +103,32 @@ def mutated_records(draw) -> dict:
     return rec
 
 
+def _without_c(build):
+    """``build()`` with the field checks written in Python only, as where check_scalars is not compiled."""
+    compiled, compiled_schema._SCALARS = compiled_schema._SCALARS, None
+    try:
+        return build()
+    finally:
+        compiled_schema._SCALARS = compiled
+
+
+FORMATS = compiled_schema.format_checks(SCHEMA, intake.reference_validator().format_checker.checkers)
+PYTHON_ONLY = _without_c(lambda: compiled_schema.compile_check(SCHEMA, FORMATS))
+
+
+def test_the_field_checks_are_compiled_where_the_install_compiled_them():
+    if compiled_schema._SCALARS is None:
+        pytest.skip("check_scalars is not compiled (BIFROST_NATIVE=0 or no C compiler)")
+    check = compiled_schema.compile_check(SCHEMA, FORMATS)
+    assert check(record()) and PYTHON_ONLY(record())
+    assert compiled_schema._scalar_field(PROPS["status_code"]) is not None
+    assert compiled_schema._scalar_field(PROPS["timestamp"]) is None  # a format: written in Python
+
+
 def _agree(rec: dict) -> None:
     reference = not any(intake.reference_validator().iter_errors(rec))
     assert intake.compiled_check()(rec) is reference, rec
+    assert PYTHON_ONLY(rec) is reference, rec
     assert (intake.check_record(rec) == []) is reference, rec
 
 
@@ -193,8 +216,14 @@ SMALL_SCHEMAS = [
                                       "properties": {"k": {"type": "string"}}}}},  # fmt: skip
     {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": {"type": "string"}},
     {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
+    {"type": "object", "properties": {"e": {"type": ["string", "null"], "enum": ["a", "abcd"]}, "b": {"type": "boolean"}}},
+    {"type": "object", "properties": {"c": {"const": "x"}, "n": {"type": ["number", "null"], "minimum": -1}}},
+    {"type": "object", "properties": {"k": {"type": "string", "const": ""}, "z": {"type": ["null", "boolean"]}}},
+    {"type": "object", "properties": {"i": {"type": ["integer", "null"], "minimum": -(2**63), "maximum": 2**63 - 1},
+                                      "e": {"type": "string", "enum": ["", "x"], "maxLength": 0}}},  # fmt: skip
 ]
-SMALL_VALUES = [*ANY_JSON, -0.5, 0.5, 2, 2.0, 9.0, 10, "", "abcd", {"k": "v"}, {"k": 1.0}, {"k": True}]
+SMALL_VALUES = [*ANY_JSON, -0.5, 0.5, 2, 2.0, 9.0, 10, "", "abcd", {"k": "v"}, {"k": 1.0}, {"k": True},
+                2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 1e300, "a", "x"]  # fmt: skip
 
 
 @pytest.mark.parametrize("schema", SMALL_SCHEMAS)
@@ -202,9 +231,10 @@ def test_small_schemas_agree_with_the_reference_for_every_shape(schema):
     """Each keyword the compiler writes code for, alone or beside others, on objects of one, two or no keys
     (so on the check of each key set as well as the general one), values of every JSON type among them."""
     reference = records.strict_validator(schema, formats=False)
-    check = compiled_schema.compile_check(schema, {})
     names = [*schema["properties"], "other"]
     objects = [{}, *({name: value} for name in names for value in SMALL_VALUES)]
     objects += [{names[0]: value, "other": "x"} for value in SMALL_VALUES]
-    for obj in objects:
-        assert check(obj) is reference.is_valid(obj), (schema, obj)
+    objects += [{name: value for name in names} for value in SMALL_VALUES]  # every key: the fields checked in C
+    for check in (compiled_schema.compile_check(schema, {}), _without_c(lambda: compiled_schema.compile_check(schema, {}))):
+        for obj in objects:
+            assert check(obj) is reference.is_valid(obj), (schema, obj)

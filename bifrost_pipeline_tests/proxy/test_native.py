@@ -237,13 +237,22 @@ def test_a_scanner_edited_after_the_build_is_not_used(package_copy):
     assert done.stdout.strip() == "None"
 
 
+def test_field_checks_edited_after_the_build_are_not_used(package_copy):
+    with open(package_copy / "bifrost_pipeline" / "proxy" / "check_scalars.pyx", "a") as fh:
+        fh.write("\n# edited\n")
+    done = _run(package_copy, "from bifrost_pipeline.proxy import compiled_schema; print(compiled_schema._SCALARS)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
+
+
 def test_bifrost_native_0_runs_everything_from_source(package_copy):
     env_code = (
         "import os; os.environ['BIFROST_NATIVE'] = '0'\n"
-        "from bifrost_pipeline.proxy import native, otlp, otlp_wire, record\n"
-        "print(set(native.states().values()), otlp.__file__.endswith('.py'), record.__file__.endswith('.py'), otlp_wire._scan)"
+        "from bifrost_pipeline.proxy import native, otlp, otlp_wire, record, compiled_schema\n"
+        "print(set(native.states().values()), otlp.__file__.endswith('.py'), record.__file__.endswith('.py'), otlp_wire._scan, "
+        "compiled_schema._SCALARS)"
     )
     done = _run(package_copy, env_code)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["{'disabled'}", "True", "True", "None"]
+    assert done.stdout.split() == ["{'disabled'}", "True", "True", "None", "None"]
     assert "compiled module was built from another version" not in done.stderr
