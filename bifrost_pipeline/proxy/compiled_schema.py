@@ -79,7 +79,7 @@ def _load_scalars() -> Any:
 _SCALARS = _load_scalars()
 _SCALAR_KEYWORDS = frozenset({"type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                               "minLength", "maxLength"})  # fmt: skip
-_SCALAR_TYPES = {"string": "str", "boolean": "bool", "integer": "int", "number": "int float", "null": ""}
+_SCALAR_TYPES = frozenset({"string", "boolean", "integer", "number", "null"})
 
 
 def _scalar_field(schema: Any) -> Any:
@@ -97,9 +97,8 @@ def _scalar_field(schema: Any) -> Any:
         return None
     bits = _SCALARS.CLASS_BITS
     classes = 0
-    for t in types:
-        for name in _SCALAR_TYPES[t].split():
-            classes |= bits[{"str": str, "bool": bool, "int": int, "float": float}[name]]
+    for cls in {c for t in types for c in _CLASSES[t]} - {type(None)}:  # null: as value_checks lets it pass
+        classes |= bits[cls]
     if _allows_null(schema):
         classes |= bits[type(None)]
     return _SCALARS.Field(
@@ -221,23 +220,26 @@ class _Compiler:
         """The check of the dicts whose keys are those of ``shape`` (an object schema: properties, required,
         additionalProperties): None for a dict of other keys."""
         names = [self.fresh() for _ in shape]
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        schemas = [props[name] if name in props else extra for name in shape]
+        # The fields check_scalars checks in one call (of a tuple: itemgetter of several keys); None: written here.
+        in_c = [_scalar_field(s) for s in schemas] if len(shape) > 1 else [None] * len(shape)
+        c_checks = any(f is not None for f in in_c)
         # As many keys, every one of them present: the same keys (in any order, as they are read by name).
         body = [f"    if len(v0) != {len(shape)}:", "        return None"]
         if shape:  # itemgetter of one key gives its value, of several a tuple: one assignment reads both
             read = self.const(operator.itemgetter(*shape))
-            body += ["    try:", f"        {', '.join(names)} = {read}(v0)", "    except KeyError:", "        return None"]
+            target = ", ".join(names) + (" = values" if c_checks else "")
+            body += ["    try:", f"        {target} = {read}(v0)", "    except KeyError:", "        return None"]
         if not set(schema.get("required", ())) <= set(shape):
             return self.function([*body, "    return False"])
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties", True)
-        in_c = [_scalar_field(props[name] if name in props else extra) for name in shape] if len(shape) > 1 else []
-        if any(f is not None for f in in_c):  # one call checks these fields in C; the others are written here
-            body[-3] = f"        {', '.join(names)} = values = {read}(v0)"
+        if c_checks:
             body += [f"    if not {self.const(_SCALARS.scalars_ok)}(values, {self.const(tuple(in_c))}):",
                      "        return False"]  # fmt: skip
-        for i, (name, var) in enumerate(zip(shape, names, strict=True)):
-            if not (in_c and in_c[i] is not None):
-                body += self.value_checks(props[name] if name in props else extra, var, 1)
+        for sub, var, field in zip(schemas, names, in_c, strict=True):
+            if field is None:
+                body += self.value_checks(sub, var, 1)
         return self.function(body)
 
     def function(self, body: list[str]) -> Callable[[Any], bool]:
